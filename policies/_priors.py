@@ -157,8 +157,9 @@ def parse_auto(value: object, what: str, kind: type) -> object:
         return "auto"
     try:
         out = kind(value)
-    except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be 'auto' or a {kind.__name__}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        noun = "an integer" if kind is int else "a number"
+        raise PolicyError(f"{what} must be 'auto' or {noun}, got {value!r}") from None
     if kind is int and isinstance(value, float) and value != out:
         raise PolicyError(f"{what} must be an integer, got {value!r}")
     return out

@@ -27,9 +27,12 @@ class SingleModelPolicy(Policy):
     def __init__(self, model: str | None = None) -> None:
         self.model = model
 
-    def _target(self, quality: np.ndarray, cost: np.ndarray) -> int:
-        if self.model is None:
+    def _check_params(self) -> None:
+        if self.model is None or str(self.model).strip() == "":
             raise PolicyError("single: the parameter 'model' is required (--param model=NAME)")
+
+    def _target(self, quality: np.ndarray, cost: np.ndarray) -> int:
+        self._check_params()
         if str(self.model) not in self.models_:
             raise PolicyError(f"single: unknown model {self.model!r}; known: {self.models_}")
         return self.models_.index(str(self.model))
@@ -68,6 +71,9 @@ class BestSinglePolicy(SingleModelPolicy):
 
     def __init__(self) -> None:
         self.model = None
+
+    def _check_params(self) -> None:
+        pass
 
     def _target(self, quality: np.ndarray, cost: np.ndarray) -> int:
         mean_q = masked_col_mean(quality, 0.0)

@@ -1,0 +1,441 @@
+"""`router eval`: RouterBench-style offline evaluation of routing policies.
+
+Trains each named policy on the train split (or loads ``--artifact`` directories), sweeps
+``lam`` over a grid from the best-quality to the cheapest choice, and writes
+``results.json``, ``report.md``, ``pareto.png`` and ``per_task.png`` into ``--out``.
+Metric definitions: eval/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_SUBSET = Path("..") / "shared" / "datasets" / "routerbench-subset"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", metavar="PATH",
+        help="dataset file or directory (*_train/*_test files form the split; otherwise a "
+        "seeded split), or 'demo' (generated). Default: ../shared/datasets/routerbench-subset "
+        "when present, else the demo dataset",
+    )
+    parser.add_argument(
+        "--test", metavar="PATH",
+        help="separate test dataset; --data is then used whole for training",
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.3, metavar="F",
+        help="test share when --data has no train/test files (default 0.3)",
+    )
+    parser.add_argument(
+        "--policies", metavar="LIST",
+        help="comma-separated policy names, each optionally with :KEY=VALUE parameters "
+        "(e.g. knn:k=20,mlp), or 'all'. Default: every available offline policy",
+    )
+    parser.add_argument(
+        "--artifact", action="append", default=[], metavar="DIR",
+        help="evaluate a trained artifact directory (repeatable; added to --policies, "
+        "which default to none when only artifacts are given)",
+    )
+    parser.add_argument(
+        "--lams", default="auto", metavar="SPEC",
+        help="lam grid: auto[:N] (0 plus N log-spaced values from 0.01/max model cost to "
+        "100/min model cost, default N=60), log:LO:HI:N, or A,B,C",
+    )
+    parser.add_argument("--encoder", metavar="MODEL", help="sentence-transformers model")
+    parser.add_argument("--text-view", metavar="VIEW", help="prompt view for the encoder")
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="embedding cache directory (encoder default)"
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N",
+        help="bootstrap resamples of the test queries for the intervals (0: none; "
+        "default 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="split and bootstrap seed")
+    parser.add_argument("--strong", metavar="MODEL", help="APGR strong model (default: best)")
+    parser.add_argument("--weak", metavar="MODEL", help="APGR weak model (default: cheapest)")
+    parser.add_argument(
+        "--online", action="store_true",
+        help="also replay the online (bandit) policies over the test stream (eval.online)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+
+
+@dataclass
+class EvalContext:
+    """What an evaluation run has at hand; also what ``eval.online.run_online`` gets."""
+
+    args: argparse.Namespace
+    data_source: str
+    train: Any  # RoutingDataset
+    test: Any  # RoutingDataset
+    lams: np.ndarray
+    out: Path
+    encoder: Any = None  # router.encoder.Encoder or None
+    X_train: np.ndarray | None = None
+    X_test: np.ndarray | None = None
+    artifact_X: dict[int, np.ndarray] = field(default_factory=dict)  # own-encoder test X
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def say(self, msg: str) -> None:
+        print(f"router eval: {msg}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.harness import EvalError
+    from router.cli import CLIError
+
+    try:
+        return _run(args)
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from eval import harness as H
+    from router.cli import CLIError
+
+    t_start = time.perf_counter()
+    if args.bootstrap < 0:
+        raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if not 0 < args.test_fraction < 1:
+        raise CLIError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    for art in args.artifact:
+        if not Path(art).is_dir():
+            raise CLIError(f"--artifact {art}: no such directory")
+    if args.policies is None and args.artifact:
+        specs: list[H.PolicySpec] = []
+    else:
+        specs = H.parse_policies(args.policies)
+    for spec in specs:
+        if H.available_policy(spec.name) is None:
+            raise CLIError(f"policy {spec.name!r} is registered but not available in this build")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out}: exists and is not a directory")
+
+    ctx = _load_data(args, out)
+    ctx.timings["load_s"] = time.perf_counter() - t_start
+    ctx.say(
+        f"{ctx.train.name}: {len(ctx.train)} train / {len(ctx.test)} test queries, "
+        f"{ctx.train.n_models} models, {len(ctx.lams)} lam values"
+    )
+
+    artifacts = [_load_artifact(path) for path in args.artifact]
+    all_specs = specs + [s for s, _ in artifacts]
+    labels = [s.label for s in all_specs]
+    if len(set(labels)) != len(labels):
+        raise CLIError(f"two policies share a label: {labels}")
+    if not all_specs:
+        raise CLIError("no policies to evaluate")
+    if any(s.artifact is None for s in all_specs) and len(ctx.train) == 0:
+        raise CLIError(f"{ctx.train.name}: the train split is empty")
+
+    evaluation = H.Evaluation(ctx.test, ctx.lams, weak=args.weak, strong=args.strong)
+    _embed(ctx, specs, [p for _, p in artifacts])
+
+    _train_and_sweep(ctx, evaluation, specs, artifacts)
+
+    t0 = time.perf_counter()
+    bar = _bar(len(evaluation.results), "bootstrap", args.quiet)
+    scores = evaluation.score(
+        n_boot=args.bootstrap, seed=args.seed, progress=lambda _label: bar.update(1)
+    )
+    bar.close()
+    ctx.timings["score_s"] = time.perf_counter() - t0
+    results = _results_json(ctx, evaluation, scores)
+
+    if args.online:  # bandit replay of the test stream (eval/online.py)
+        try:
+            from eval import online
+        except ImportError as exc:
+            raise CLIError(f"--online needs eval.online, which is not available ({exc})") from None
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            results["online"] = online.run_online(ctx)
+        except getattr(online, "OnlineEvalError", ()) as exc:
+            raise CLIError(f"--online: {exc}") from None
+        for line in getattr(online, "summary_lines", lambda _r: [])(results["online"]):
+            print(line)
+
+    _write_outputs(ctx, results)
+    ctx.timings["total_s"] = time.perf_counter() - t_start
+    results["timings"] = {k: round(v, 3) for k, v in ctx.timings.items()}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    from eval.report import summary_lines
+
+    for line in summary_lines(results):
+        print(line)
+    ctx.say(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} to {out}")
+    return 0
+
+
+# ---- data -------------------------------------------------------------------------------
+def default_data_path() -> Path | None:
+    """../shared/datasets/routerbench-subset from the CWD, else from the repo root."""
+    for base in (Path.cwd(), REPO_ROOT):
+        candidate = base / SHARED_SUBSET
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def _load_data(args: argparse.Namespace, out: Path) -> EvalContext:
+    import router.datasets as D
+    from eval import harness as H
+    from router.cli import CLIError
+    from router.dataset import DatasetSplit
+
+    if args.data is None:
+        path = default_data_path()
+        if args.test is not None:
+            raise CLIError("--test needs --data")
+        args.data = str(path) if path is not None else D.DEMO
+        print(f"router eval: using data {args.data}"
+              + (" (the generated demo dataset)" if path is None else ""), file=sys.stderr)
+    if args.data == D.DEMO and not Path(args.data).exists():
+        source = D.DEMO
+        split = D.load_split(D.DEMO, test_fraction=args.test_fraction, seed=args.seed)
+    else:
+        if not Path(args.data).exists():
+            raise CLIError(f"--data {args.data}: no such file or directory")
+        source = str(Path(args.data).resolve())
+        if args.test is not None:
+            if not Path(args.test).exists():
+                raise CLIError(f"--test {args.test}: no such file or directory")
+            split = DatasetSplit(D.load_dataset(args.data), D.load_dataset(args.test))
+            source += f" + {Path(args.test).resolve()}"
+        else:
+            split = D.load_split(args.data, test_fraction=args.test_fraction, seed=args.seed)
+    train, test = split.train, _align_models(split.test, split.train.models)
+    if len(test) == 0:
+        raise CLIError(f"{test.name}: the test split is empty")
+    _, train_cost = train.eval_matrices()
+    lams = H.lam_grid(args.lams, train_cost if len(train) else test.eval_matrices()[1])
+    return EvalContext(args=args, data_source=source, train=train, test=test, lams=lams, out=out)
+
+
+def _align_models(test, models: list[str]):
+    """``test`` with its model columns in ``models`` order (same model set required)."""
+    from router.cli import CLIError
+    from router.dataset import RoutingDataset
+
+    if list(test.models) == list(models):
+        return test
+    if set(test.models) != set(models):
+        only_train = sorted(set(models) - set(test.models))
+        only_test = sorted(set(test.models) - set(models))
+        raise CLIError(
+            f"train and test model sets differ: only in train {only_train}, "
+            f"only in test {only_test}"
+        )
+    perm = [test.models.index(m) for m in models]
+    responses = None
+    if test.responses is not None:
+        responses = [[row[j] for j in perm] for row in test.responses]
+    return RoutingDataset(
+        name=test.name, prompts=test.prompts, tasks=test.tasks, models=list(models),
+        quality=test.quality[:, perm], cost=test.cost[:, perm], ids=test.ids,
+        responses=responses,
+    )
+
+
+# ---- policies ---------------------------------------------------------------------------
+def _load_artifact(path: str):
+    from eval.harness import PolicySpec
+    from policies import load_policy
+
+    policy = load_policy(path)
+    folder = Path(path).resolve().name
+    label = f"{policy.name} (artifact)" if folder == policy.name else f"{policy.name}@{folder}"
+    return PolicySpec(label, policy.name, policy.get_params(), artifact=str(path)), policy
+
+
+def _embed(ctx: EvalContext, specs, artifact_policies) -> None:
+    """Embed train/test prompts when some policy reads embeddings (cached on disk).
+
+    Trained policies use the encoder of ``--encoder``/``--text-view``; an artifact whose
+    metadata holds an encoder config (``meta["encoder"]``, as ``Encoder.config()``) is
+    evaluated with that encoder, so its test embeddings match its training ones.
+    """
+    from eval.harness import needs_embeddings
+    from policies import get_policy_class
+
+    train_needs = any(needs_embeddings(get_policy_class(s.name)) for s in specs)
+    art_needs = [p for p in artifact_policies if needs_embeddings(type(p))]
+    if not (train_needs or art_needs):
+        return
+    try:
+        from router.encoder import Encoder, EncoderError, embed_dataset
+    except ImportError as exc:
+        from router.cli import CLIError
+
+        raise CLIError(
+            f"these policies read embeddings, but the encoder is unavailable: {exc}"
+        ) from None
+    args = ctx.args
+    kwargs: dict[str, Any] = {}
+    if args.encoder:
+        kwargs["model_name"] = args.encoder
+    if args.text_view:
+        kwargs["text_view"] = args.text_view
+    cache = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    progress = not args.quiet
+    t0 = time.perf_counter()
+    try:
+        ctx.encoder = Encoder(**kwargs, **cache)
+        ctx.say(f"embedding with {ctx.encoder.model_id}, view {ctx.encoder.text_view} "
+                "(cached on disk)")
+        if train_needs:
+            ctx.X_train = np.asarray(
+                embed_dataset(ctx.train, ctx.encoder, progress=progress), dtype=np.float32
+            )
+        ctx.X_test = np.asarray(
+            embed_dataset(ctx.test, ctx.encoder, progress=progress), dtype=np.float32
+        )
+        for policy in art_needs:
+            cfg = (getattr(policy, "meta_", None) or {}).get("encoder")
+            if not isinstance(cfg, dict):
+                continue
+            enc = Encoder.from_config(cfg, **cache)
+            if enc.config() == ctx.encoder.config():
+                continue
+            ctx.say(f"artifact {policy.name}: embedding with its own encoder {enc.model_id}, "
+                    f"view {enc.text_view}")
+            ctx.artifact_X[id(policy)] = np.asarray(
+                embed_dataset(ctx.test, enc, progress=progress), dtype=np.float32
+            )
+    except EncoderError as exc:
+        from router.cli import CLIError
+
+        raise CLIError(f"encoder: {exc}") from None
+    ctx.timings["embed_s"] = time.perf_counter() - t0
+
+
+def _placeholder(n: int, dim: int) -> np.ndarray:
+    """Embeddings for policies that ignore them (no encoder needed)."""
+    return np.zeros((n, dim), dtype=np.float32)
+
+
+def _train_and_sweep(ctx: EvalContext, evaluation, specs, artifacts) -> None:
+    from eval import harness as H
+    from policies import get_policy_class
+    from policies.base import PolicyError
+
+    quality, cost = evaluation.quality, evaluation.cost
+    jobs = [(s, None) for s in specs] + list(artifacts)
+    bar = _bar(len(jobs), "train + sweep", ctx.args.quiet)
+    for spec, loaded in jobs:
+        bar.set_postfix_str(spec.label)
+        timings: dict[str, float] = {}
+        try:
+            if loaded is None:
+                klass = get_policy_class(spec.name)
+                X_train = ctx.X_train if H.needs_embeddings(klass) else _placeholder(
+                    len(ctx.train), 1
+                )
+                t0 = time.perf_counter()
+                policy = H.fit_policy(spec, ctx.train, X_train)
+                timings["fit_s"] = time.perf_counter() - t0
+                source = "trained"
+            else:
+                policy, source = loaded, str(spec.artifact)
+            if not H.needs_embeddings(type(policy)):
+                X_test = _placeholder(len(ctx.test), policy.dim_)
+            else:
+                X_test = ctx.artifact_X.get(id(policy), ctx.X_test)
+            columns = H.model_map(policy, evaluation.models, spec.label)
+            choices, t_pred, t_route = H.sweep_policy(
+                policy, X_test, ctx.lams, ctx.test.tasks, (quality, cost), columns
+            )
+        except PolicyError as exc:
+            raise PolicyError(f"{spec.label}: {exc}") from None
+        timings.update(predict_s=t_pred, route_s=t_route)
+        evaluation.add(H.PolicyResult(
+            spec.label, spec.name, source, spec.params, choices,
+            {k: round(v, 4) for k, v in timings.items()},
+        ))
+        bar.update(1)
+    bar.close()
+    ctx.timings["train_sweep_s"] = sum(
+        sum(r.timings.values()) for r in evaluation.results
+    )
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="policy", disable=quiet or None, leave=False)
+
+
+# ---- outputs ----------------------------------------------------------------------------
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    from router import __version__
+
+    found: dict[str, str | None] = {"costroute": __version__}
+    for dist in ("numpy", "faiss-cpu", "torch", "sentence-transformers"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def _encoder_config(encoder) -> dict[str, Any] | None:
+    return None if encoder is None else encoder.config()
+
+
+def _results_json(ctx: EvalContext, evaluation, scores: dict[str, Any]) -> dict[str, Any]:
+    test_tasks = {t: int((evaluation.tasks == t).sum()) for t in evaluation.task_names}
+    ref = evaluation.ref
+    return {
+        "dataset": {
+            "name": ctx.test.name,
+            "source": ctx.data_source,
+            "n_train": len(ctx.train),
+            "n_test": len(ctx.test),
+            "models": evaluation.models,
+            "test_tasks": test_tasks,
+        },
+        "seed": ctx.args.seed,
+        "bootstrap": ctx.args.bootstrap,
+        "ci_level": 0.95,
+        "cost_unit": "USD per query (mean over test queries)",
+        "lams": [float(v) for v in ctx.lams],
+        "encoder": _encoder_config(ctx.encoder),
+        "versions": _versions(),
+        "strong": ref.models[ref.strong],
+        "weak": ref.models[ref.weak],
+        "best_single": ref.models[ref.best],
+        "reference": evaluation.reference_json(),
+        "policies": scores,
+    }
+
+
+def _write_outputs(ctx: EvalContext, results: dict[str, Any]) -> None:
+    from eval.report import write_report
+
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    write_report(results, ctx.out / "report.md")
+    if not ctx.args.no_plots:
+        from eval.plots import plot_pareto, plot_per_task
+
+        plot_pareto(results, ctx.out / "pareto.png")
+        plot_per_task(results, ctx.out / "per_task.png")
+    ctx.timings["outputs_s"] = time.perf_counter() - t0

@@ -1,0 +1,521 @@
+"""Offline evaluation harness: train or load policies, sweep ``lam``, score the curves.
+
+The flow is: :func:`lam_grid` picks the trade-off values from the training costs;
+:func:`sweep_policy` predicts once per policy and lets the shared ``choose`` pick a model
+per query at every ``lam`` (so one sweep costs one prediction); :class:`Evaluation` turns
+the chosen models into per-query-averaged (cost, quality) curves on the test split, with
+the metrics of :mod:`eval.metrics`, per-task breakdowns and paired bootstrap intervals.
+
+Quality and cost come from ``RoutingDataset.eval_matrices()``: a missing quality counts
+as 0, a missing cost as that model's mean cost. Costs are USD per query throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eval import metrics as M
+from policies import REGISTRY, get_policy_class, make_policy
+from policies.base import Policy, choose
+from router.dataset import RoutingDataset
+
+#: registered policies that ignore the query embedding (they may run without an encoder)
+EMBEDDING_FREE = frozenset({"cheapest", "single", "best-single", "task-static", "oracle"})
+#: parametrised baselines left out of the default list (every single model is a reference)
+NOT_DEFAULT = frozenset({"single"})
+DEFAULT_LAM_POINTS = 60
+CI_LEVEL = 0.95
+
+
+class EvalError(ValueError):
+    """A bad evaluation request (policy list, lam grid, model names)."""
+
+
+# ---- policy selection -------------------------------------------------------------------
+@dataclass
+class PolicySpec:
+    """One policy to evaluate: a registry name with parameters, or an artifact directory."""
+
+    label: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    artifact: str | None = None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_policies(text: str | None) -> list[PolicySpec]:
+    """``a,b:k=10:metric=cosine,c`` or ``all`` (None = the default list) -> specs.
+
+    Names are checked against the registry; parameters are JSON values where they parse
+    (``k=10`` -> 10) and strings otherwise.
+    """
+    if text is None or text.strip() == "":
+        return [PolicySpec(n, n) for n in default_policy_names()]
+    if text.strip() == "all":
+        return [PolicySpec(n, n) for n in default_policy_names(include_online=True)]
+    specs: list[PolicySpec] = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            raise EvalError(f"--policies {text!r}: empty policy name")
+        name, *pairs = item.split(":")
+        if name not in REGISTRY:
+            raise EvalError(f"unknown policy {name!r}; available: {', '.join(REGISTRY)}")
+        params: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise EvalError(f"--policies: parameter {pair!r} of {name} is not KEY=VALUE")
+            params[key] = _parse_value(value)
+        specs.append(PolicySpec(item if params else name, name, params))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise EvalError(f"--policies names a policy twice: {text!r}")
+    return specs
+
+
+def available_policy(name: str) -> type[Policy] | None:
+    """The policy class, or None when its module is not part of this build."""
+    try:
+        return get_policy_class(name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def default_policy_names(include_online: bool = False) -> list[str]:
+    """Every registered policy whose module exists, minus online-only ones (unless
+    ``include_online``) and the parametrised ``single`` baseline."""
+    names = []
+    for name in REGISTRY:
+        klass = available_policy(name)
+        if klass is None or name in NOT_DEFAULT:
+            continue
+        if klass.online and not include_online:
+            continue
+        names.append(name)
+    return names
+
+
+def needs_embeddings(klass: type[Policy]) -> bool:
+    flag = getattr(klass, "uses_embeddings", None)
+    if flag is not None:
+        return bool(flag)
+    return klass.name not in EMBEDDING_FREE
+
+
+# ---- lam grid ---------------------------------------------------------------------------
+def cost_scale(cost: np.ndarray) -> tuple[float, float] | None:
+    """(smallest positive, largest) model mean cost of a (n, m) cost matrix with NaNs."""
+    with np.errstate(invalid="ignore"):
+        means = np.nanmean(np.where(np.isfinite(cost), cost, np.nan), axis=0)
+    means = means[np.isfinite(means) & (means > 0)]
+    if means.size == 0:
+        return None
+    return float(means.min()), float(means.max())
+
+
+def lam_grid(spec: str, cost: np.ndarray) -> np.ndarray:
+    """The lam values to sweep, sorted, always starting with 0.
+
+    ``auto`` / ``auto:N``: 0 plus N (default 60) log-spaced values from 0.01 / c_max to
+    100 / c_min, with c_min, c_max the smallest positive and largest model mean cost in
+    ``cost`` (the training split): at the low end even the dearest model's cost weighs
+    at most 0.01 quality (the best-quality choice), at the high end even the cheapest
+    model's cost outweighs any quality difference (the cheapest choice).
+    ``log:LO:HI:N``: 0 plus N log-spaced values from LO to HI. ``A,B,C``: those values.
+    """
+    spec = spec.strip()
+    try:
+        if spec.startswith("auto"):
+            n = int(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_LAM_POINTS
+            if n < 1:
+                raise EvalError(f"--lams {spec!r}: the number of points must be >= 1")
+            scale = cost_scale(cost)
+            if scale is None:  # quality-only data: cost never matters
+                return np.array([0.0])
+            lo, hi = 1e-2 / scale[1], 1e2 / scale[0]
+            values = np.geomspace(lo, hi, n)
+        elif spec.startswith("log:"):
+            parts = spec.split(":")
+            if len(parts) != 4:
+                raise EvalError(f"--lams {spec!r}: expected log:LO:HI:N")
+            lo, hi, n = float(parts[1]), float(parts[2]), int(parts[3])
+            if not (0 < lo < hi and math.isfinite(hi)) or n < 1:
+                raise EvalError(f"--lams {spec!r}: need 0 < LO < HI and N >= 1")
+            values = np.geomspace(lo, hi, n)
+        else:
+            values = np.array([float(v) for v in re.split(r"[,\s]+", spec) if v])
+            if values.size == 0:
+                raise EvalError("--lams: no values given")
+    except ValueError as exc:
+        if isinstance(exc, EvalError):
+            raise
+        raise EvalError(
+            f"--lams {spec!r}: not a grid spec (auto[:N], log:LO:HI:N or A,B,C)"
+        ) from None
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise EvalError(f"--lams {spec!r}: lam values must be finite and >= 0")
+    return np.unique(np.concatenate(([0.0], values)))
+
+
+# ---- training and sweeping --------------------------------------------------------------
+def fit_policy(spec: PolicySpec, train: RoutingDataset, X_train: np.ndarray) -> Policy:
+    """A fresh policy from ``spec`` fitted on the train split (missing quality stays NaN)."""
+    policy = make_policy(spec.name, **spec.params)
+    _, cost = train.eval_matrices()  # missing cost -> model mean; missing quality dropped
+    policy.fit(X_train, train.quality, cost, train.models, tasks=train.tasks)
+    return policy
+
+
+def model_map(policy: Policy, models: Sequence[str], label: str) -> np.ndarray:
+    """Dataset column of each of the policy's models (errors on unknown models)."""
+    unknown = [m for m in policy.models_ if m not in models]
+    if unknown:
+        raise EvalError(
+            f"{label}: the policy routes to models the dataset lacks: {unknown}; "
+            f"dataset models: {list(models)}"
+        )
+    return np.array([list(models).index(m) for m in policy.models_], dtype=np.int64)
+
+
+def sweep_policy(
+    policy: Policy,
+    X: np.ndarray,
+    lams: np.ndarray,
+    tasks: Sequence[str],
+    truth: tuple[np.ndarray, np.ndarray],
+    columns: np.ndarray,
+) -> tuple[np.ndarray, float, float]:
+    """Chosen dataset column per (lam, query), shape (L, n), plus predict and route seconds.
+
+    ``truth`` is the (quality, cost) of the test queries in dataset column order; it is
+    handed to evaluation-only policies (the oracle) in the policy's own model order.
+    ``columns`` maps the policy's model index to the dataset column.
+    """
+    truth_p = (truth[0][:, columns], truth[1][:, columns])
+    given = truth_p if policy.evaluation_only else None
+    t0 = time.perf_counter()
+    custom_route = type(policy).route is not Policy.route
+    est = None if custom_route else policy.predict(X, tasks=tasks, truth=given)
+    t1 = time.perf_counter()
+    out = np.empty((len(lams), X.shape[0]), dtype=np.int64)
+    for i, lam in enumerate(lams):
+        if custom_route:
+            out[i] = policy.route(X, lam=float(lam), tasks=tasks, truth=given)
+        else:
+            out[i] = choose(est.quality, est.cost, lam=float(lam))
+    t2 = time.perf_counter()
+    return columns[out], t1 - t0, t2 - t1
+
+
+# ---- references and scores --------------------------------------------------------------
+@dataclass
+class Reference:
+    """Single models and the oracle on a set of test queries (means per query)."""
+
+    models: list[str]
+    model_cost: np.ndarray
+    model_quality: np.ndarray
+    oracle_cost: float
+    oracle_quality: float
+    weak: int
+    strong: int
+    best: int  # best single model on these queries (ties: cheaper)
+
+    @property
+    def c_min(self) -> float:
+        return float(self.model_cost.min())
+
+    @property
+    def c_max(self) -> float:
+        return float(self.model_cost.max())
+
+    @property
+    def weak_anchor(self) -> M.Anchor:
+        return M.Anchor(float(self.model_cost[self.weak]), float(self.model_quality[self.weak]))
+
+    @property
+    def strong_anchor(self) -> M.Anchor:
+        return M.Anchor(
+            float(self.model_cost[self.strong]), float(self.model_quality[self.strong])
+        )
+
+    @property
+    def best_quality(self) -> float:
+        return float(self.model_quality[self.best])
+
+
+def best_single(model_quality: np.ndarray, model_cost: np.ndarray) -> int:
+    top = np.flatnonzero(model_quality >= model_quality.max() - 1e-12)
+    return int(top[np.argmin(model_cost[top])])
+
+
+def make_reference(
+    models: Sequence[str],
+    quality: np.ndarray,
+    cost: np.ndarray,
+    weak: int | None = None,
+    strong: int | None = None,
+) -> Reference:
+    """Reference points of (n, m) eval matrices; default weak = cheapest model, default
+    strong = best single model."""
+    mq, mc = quality.mean(axis=0), cost.mean(axis=0)
+    pick = choose(quality, cost, lam=0.0)  # oracle: best true quality, ties to the cheaper
+    rows = np.arange(quality.shape[0])
+    best = best_single(mq, mc)
+    return Reference(
+        models=list(models),
+        model_cost=mc,
+        model_quality=mq,
+        oracle_cost=float(cost[rows, pick].mean()),
+        oracle_quality=float(quality[rows, pick].mean()),
+        weak=int(np.argmin(mc)) if weak is None else weak,
+        strong=best if strong is None else strong,
+        best=best,
+    )
+
+
+def fixed_costs(c_min: float, c_max: float, k: int = 5) -> list[float]:
+    """k budgets (USD/query) spread geometrically over [c_min, c_max], rounded to two
+    significant digits in $/1k queries."""
+    if c_min <= 0 or c_max <= c_min:
+        return [c_max] if c_max > 0 else []
+    raw = np.geomspace(c_min, c_max, k + 2)[1:-1] * 1000.0
+    nice = sorted({float(f"{v:.2g}") for v in raw})
+    return [v / 1000.0 for v in nice]
+
+
+def score_curve(cost: np.ndarray, quality: np.ndarray, ref: Reference) -> dict[str, Any]:
+    """Point metrics of one curve against ``ref`` (see eval/README.md)."""
+    hull = M.pareto_hull(cost, quality)
+    weak, strong = ref.weak_anchor, ref.strong_anchor
+    apgr, coverage = M.apgr(hull, weak, strong)
+    cpt50, cpt80 = M.cpt(hull, weak, strong, 0.5), M.cpt(hull, weak, strong, 0.8)
+    return {
+        "aiq": M.aiq(hull, ref.c_min, ref.c_max),
+        "hull": hull,
+        "max_quality": float(hull[-1, 1]),
+        "cost_at_max_quality": float(hull[-1, 0]),
+        "cost_at_best_single_quality": M.cost_to_reach(hull, ref.best_quality),
+        "apgr": apgr,
+        "apgr_coverage": coverage,
+        "cpt50": cpt50,
+        "cpt80": cpt80,
+    }
+
+
+@dataclass
+class PolicyResult:
+    """A policy's sweep over the test queries."""
+
+    label: str
+    name: str
+    source: str  # "trained" or the artifact directory
+    params: dict[str, Any]
+    choices: np.ndarray  # (L, n) dataset column per lam and query
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Evaluation:
+    """Scores policy sweeps on a test split against single-model and oracle references."""
+
+    def __init__(
+        self,
+        test: RoutingDataset,
+        lams: np.ndarray,
+        weak: str | None = None,
+        strong: str | None = None,
+    ) -> None:
+        if len(test) == 0:
+            raise EvalError(f"{test.name}: the test split is empty")
+        self.test = test
+        self.lams = np.asarray(lams, dtype=np.float64)
+        self.quality, self.cost = test.eval_matrices()
+        self.models = list(test.models)
+        weak_i = None if weak is None else self._model_index(weak, "--weak")
+        strong_i = None if strong is None else self._model_index(strong, "--strong")
+        self.ref = make_reference(self.models, self.quality, self.cost, weak_i, strong_i)
+        self.tasks = np.asarray(test.tasks)
+        self.task_names = test.task_names
+        self.task_refs = {
+            t: make_reference(
+                self.models,
+                self.quality[self.tasks == t],
+                self.cost[self.tasks == t],
+                self.ref.weak,
+                self.ref.strong,
+            )
+            for t in self.task_names
+        }
+        self.results: list[PolicyResult] = []
+
+    def _model_index(self, name: str, flag: str) -> int:
+        if name not in self.models:
+            raise EvalError(f"{flag} {name!r}: no such model; models: {', '.join(self.models)}")
+        return self.models.index(name)
+
+    def add(self, result: PolicyResult) -> None:
+        if result.choices.shape != (len(self.lams), len(self.test)):
+            raise EvalError(f"{result.label}: choices have shape {result.choices.shape}")
+        self.results.append(result)
+
+    def selected(self, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(L, n) quality and cost of the chosen models."""
+        rows = np.arange(choices.shape[1])[None, :]
+        return self.quality[rows, choices], self.cost[rows, choices]
+
+    # ---- scoring ------------------------------------------------------------------------
+    def score(
+        self,
+        n_boot: int = 1000,
+        seed: int = 0,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Per-policy metrics, curves, per-task breakdowns and bootstrap intervals."""
+        counts = M.bootstrap_counts(len(self.test), n_boot, seed)
+        budgets = fixed_costs(self.ref.c_min, self.ref.c_max)
+        boot_ref = self._bootstrap_reference(counts)
+        out: dict[str, Any] = {}
+        for res in self.results:
+            if progress:
+                progress(res.label)
+            qsel, csel = self.selected(res.choices)
+            cost, quality = csel.mean(axis=1), qsel.mean(axis=1)
+            s = score_curve(cost, quality, self.ref)
+            strong_share = (res.choices == self.ref.strong).mean(axis=1)
+            entry: dict[str, Any] = {
+                "policy": res.name,
+                "params": res.params,
+                "source": res.source,
+                "aiq": s["aiq"],
+                "curve": [
+                    {"lam": float(lam), "cost": float(c), "quality": float(q),
+                     "strong_share": float(f)}
+                    for lam, c, q, f in zip(self.lams, cost, quality, strong_share, strict=True)
+                ],
+                "hull": [{"cost": float(c), "quality": float(q)} for c, q in s["hull"]],
+                "max_quality": s["max_quality"],
+                "cost_at_max_quality": s["cost_at_max_quality"],
+                "cost_at_best_single_quality": s["cost_at_best_single_quality"],
+                "apgr": s["apgr"],
+                "apgr_coverage": s["apgr_coverage"],
+                "cpt50": s["cpt50"],
+                "cpt80": s["cpt80"],
+                "quality_at_cost": [
+                    {"cost": b, "quality": M.quality_at_cost(s["hull"], b)} for b in budgets
+                ],
+            }
+            entry.update(self._bootstrap(qsel, csel, counts, boot_ref, budgets, entry))
+            entry["per_task"] = self._per_task(qsel, csel)
+            entry["timings"] = res.timings
+            out[res.label] = entry
+        return out
+
+    def _per_task(self, qsel: np.ndarray, csel: np.ndarray) -> dict[str, Any]:
+        per: dict[str, Any] = {}
+        for t in self.task_names:
+            rows = self.tasks == t
+            ref = self.task_refs[t]
+            s = score_curve(csel[:, rows].mean(axis=1), qsel[:, rows].mean(axis=1), ref)
+            per[t] = {
+                "n": int(rows.sum()),
+                "aiq": s["aiq"],
+                "max_quality": s["max_quality"],
+                "cost_at_max_quality": s["cost_at_max_quality"],
+                "cost_at_best_single_quality": s["cost_at_best_single_quality"],
+                "apgr": s["apgr"],
+                "hull": [{"cost": float(c), "quality": float(q)} for c, q in s["hull"]],
+            }
+        return per
+
+    def _bootstrap_reference(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(self.test)
+        mq, mc = counts @ self.quality / n, counts @ self.cost / n
+        return {"mq": mq, "mc": mc}
+
+    def _bootstrap(
+        self,
+        qsel: np.ndarray,
+        csel: np.ndarray,
+        counts: np.ndarray,
+        boot_ref: dict[str, np.ndarray],
+        budgets: list[float],
+        point: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Percentile intervals from resampled test queries (the same resamples for every
+        policy, so differences between policies are paired)."""
+        if counts.shape[0] == 0:
+            return {"aiq_ci": None, "max_quality_ci": None, "apgr_ci": None}
+        n = len(self.test)
+        cb, qb = counts @ csel.T / n, counts @ qsel.T / n  # (B, L)
+        mq, mc = boot_ref["mq"], boot_ref["mc"]
+        w, s = self.ref.weak, self.ref.strong
+        n_boot = counts.shape[0]
+        aiq = np.empty(n_boot)
+        maxq = np.empty(n_boot)
+        apgr = np.full(n_boot, np.nan)
+        qac = np.full((n_boot, len(budgets)), np.nan)
+        for b in range(n_boot):
+            hull = M.pareto_hull(cb[b], qb[b])
+            aiq[b] = M.aiq(hull, float(mc[b].min()), float(mc[b].max()))
+            maxq[b] = hull[-1, 1]
+            value, _ = M.apgr(
+                hull, M.Anchor(mc[b, w], mq[b, w]), M.Anchor(mc[b, s], mq[b, s])
+            )
+            if value is not None:
+                apgr[b] = value
+            for k, budget in enumerate(budgets):
+                v = M.quality_at_cost(hull, budget)
+                if v is not None:
+                    qac[b, k] = v
+        for k, item in enumerate(point["quality_at_cost"]):
+            item["ci"] = None if item["quality"] is None else M.percentile_ci(qac[:, k], CI_LEVEL)
+        return {
+            "aiq_ci": M.percentile_ci(aiq, CI_LEVEL),
+            "max_quality_ci": M.percentile_ci(maxq, CI_LEVEL),
+            "apgr_ci": None if point["apgr"] is None else M.percentile_ci(apgr, CI_LEVEL),
+        }
+
+    # ---- references ---------------------------------------------------------------------
+    def reference_json(self) -> dict[str, Any]:
+        """Every single model's and the oracle's cost and quality, overall and per task,
+        plus the single-model hull ("zero router") and its AIQ."""
+        return {
+            **_reference_dict(self.ref),
+            "per_task": {t: _reference_dict(r) for t, r in self.task_refs.items()},
+        }
+
+
+def _reference_dict(ref: Reference) -> dict[str, Any]:
+    hull = M.pareto_hull(ref.model_cost, ref.model_quality)
+    why = M.gap_defined(ref.weak_anchor, ref.strong_anchor)
+    return {
+        "models": {
+            m: {"cost": float(c), "quality": float(q)}
+            for m, c, q in zip(ref.models, ref.model_cost, ref.model_quality, strict=True)
+        },
+        "oracle": {"cost": ref.oracle_cost, "quality": ref.oracle_quality},
+        "cheapest_model": ref.models[int(np.argmin(ref.model_cost))],
+        "best_single": ref.models[ref.best],
+        "weak": ref.models[ref.weak],
+        "strong": ref.models[ref.strong],
+        "apgr_undefined": why,
+        "cost_range": [ref.c_min, ref.c_max],
+        "zero_router": {
+            "aiq": M.aiq(hull, ref.c_min, ref.c_max),
+            "hull": [{"cost": float(c), "quality": float(q)} for c, q in hull],
+        },
+    }

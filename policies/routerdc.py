@@ -1,0 +1,323 @@
+"""RouterDC: a query router trained by dual contrastive learning (Chen et al., NeurIPS 2024).
+
+Model
+-----
+A trainable query encoder (a residual projection head on top of the *frozen* sentence
+embedding) maps a prompt to the unit sphere, where every LLM has one learnable embedding.
+The router's score for (query, LLM) is their cosine similarity. Two losses train it:
+
+* sample-LLM contrastive loss: for each query, the ``top_k`` best-scoring LLMs are pulled
+  toward the query and the ``last_k`` worst pushed away (InfoNCE over similarity /
+  ``temperature``), which stays informative when several LLMs are equally good;
+* sample-sample contrastive loss (weight ``sample_weight``): training queries are
+  clustered (k-means, ``n_clusters``) and same-cluster queries pulled together, which the
+  paper found stabilises training.
+
+Estimates for ``choose``
+------------------------
+Similarities are not probabilities, so each LLM gets a small logistic calibrator fitted on
+*out-of-fold* similarities (``calib_folds``-fold cross-fitting over the training set):
+``quality = sigmoid(a + b * similarity + c * logit(group prior))``. The group prior is the
+mean quality of that LLM on the query's inferred task (the task labels seen in training,
+or k-means clusters when there are none), inferred from the query's nearest training
+neighbours, never from a test label. The calibrator thus learns how far to shrink the
+per-query signal toward the task mean. Cost is the mean observed cost of the query's
+``neighbours`` nearest training prompts, per LLM.
+
+Ensemble
+--------
+``ensemble="folds"`` (default) routes with the mean similarity of the cross-fitting
+networks, the very networks whose out-of-fold similarities the calibrators were fitted on
+(no extra training run); ``"final"`` trains one more network on all rows and uses it alone;
+``"all"`` averages both. On the RouterBench subset the three were within noise.
+
+Encoder fine-tuning
+-------------------
+The paper fine-tunes the whole text encoder (mDeBERTa) on a GPU. Here the policy sees
+embeddings only (the ``Policy`` interface), so the sentence-transformer stays frozen and
+only the head and the LLM embeddings train, on CPU in seconds to a couple of minutes.
+``finetune_encoder=True`` is reserved for a text-level trainer and is refused by ``fit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from policies._contrastive import (
+    Neighbourhood,
+    ResidualHead,
+    check_positive,
+    embed,
+    fit_soft_logistic,
+    group_codes,
+    kmeans_labels,
+    load_module_arrays,
+    logit,
+    module_arrays,
+    sample_llm_loss,
+    seeded,
+    sigmoid,
+    stratified_folds,
+    supcon_loss,
+)
+from policies.base import ArtifactError, Estimate, Policy, PolicyError
+
+ENSEMBLES = ("folds", "final", "all")
+
+
+class _Net:
+    """One trained RouterDC network: the query head and the LLM embeddings."""
+
+    def __init__(self, head: ResidualHead, llm: np.ndarray) -> None:
+        self.head = head
+        self.llm = llm  # (m, e) unit rows
+
+    def similarities(self, X: np.ndarray) -> np.ndarray:
+        return (embed(self.head, X) @ self.llm.T).astype(np.float64)
+
+
+class RouterDCPolicy(Policy):
+    """Dual-contrastive router with calibrated per-LLM quality estimates (see module doc).
+
+    Parameters
+    ----------
+    embed_dim, hidden, dropout: the query head (output size, MLP width, dropout).
+    temperature: similarity temperature of the sample-LLM loss.
+    top_k, last_k: positives / negatives per query (capped at half the pool).
+    sample_weight: weight of the sample-sample loss (0 turns it off).
+    cluster_temperature, n_clusters: its temperature and the k-means clusters it uses; the
+        clusters are also the groups of the prior when ``fit`` gets no task labels.
+    epochs, batch_size, lr, weight_decay: AdamW training of each network.
+    neighbours: k of the k-NN group vote and of the cost estimate.
+    calib_folds, calib_l2: cross-fitting folds and ridge strength of the calibrators.
+    ensemble: ``"folds"`` | ``"final"`` | ``"all"`` (see module doc).
+    seed: seeds k-means, folds, initialisation and batches (deterministic on CPU).
+    threads: torch threads while fitting (None: leave torch's setting alone).
+    finetune_encoder: must stay False (see module doc).
+    """
+
+    name = "routerdc"
+
+    def __init__(
+        self,
+        embed_dim: int = 128,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        temperature: float = 0.1,
+        top_k: int = 3,
+        last_k: int = 3,
+        sample_weight: float = 1.0,
+        cluster_temperature: float = 0.2,
+        n_clusters: int = 8,
+        epochs: int = 40,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        neighbours: int = 10,
+        calib_folds: int = 3,
+        calib_l2: float = 1.0,
+        seed: int = 0,
+        ensemble: str = "folds",
+        threads: int | None = None,
+        finetune_encoder: bool = False,
+    ) -> None:
+        self.embed_dim = embed_dim
+        self.hidden = hidden
+        self.dropout = dropout
+        self.temperature = temperature
+        self.top_k = top_k
+        self.last_k = last_k
+        self.sample_weight = sample_weight
+        self.cluster_temperature = cluster_temperature
+        self.n_clusters = n_clusters
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.neighbours = neighbours
+        self.calib_folds = calib_folds
+        self.calib_l2 = calib_l2
+        self.seed = seed
+        self.ensemble = ensemble
+        self.threads = threads
+        self.finetune_encoder = finetune_encoder
+
+    # ---- parameters ---------------------------------------------------------------------
+    def _checked(self) -> dict[str, Any]:
+        n = self.name
+        p = {
+            "embed_dim": check_positive("embed_dim", n, self.embed_dim, integer=True),
+            "hidden": check_positive("hidden", n, self.hidden, integer=True),
+            "temperature": check_positive("temperature", n, self.temperature),
+            "top_k": check_positive("top_k", n, self.top_k, integer=True),
+            "last_k": check_positive("last_k", n, self.last_k, integer=True),
+            "cluster_temperature": check_positive("cluster_temperature", n,
+                                                  self.cluster_temperature),
+            "n_clusters": check_positive("n_clusters", n, self.n_clusters, integer=True),
+            "epochs": check_positive("epochs", n, self.epochs, integer=True),
+            "batch_size": check_positive("batch_size", n, self.batch_size, integer=True),
+            "lr": check_positive("lr", n, self.lr),
+            "neighbours": check_positive("neighbours", n, self.neighbours, integer=True),
+            "calib_l2": check_positive("calib_l2", n, self.calib_l2, allow_zero=True),
+            "sample_weight": check_positive("sample_weight", n, self.sample_weight,
+                                            allow_zero=True),
+            "weight_decay": check_positive("weight_decay", n, self.weight_decay,
+                                           allow_zero=True),
+            "calib_folds": check_positive("calib_folds", n, self.calib_folds, integer=True),
+        }
+        dropout = float(self.dropout)
+        if not 0 <= dropout < 1:
+            raise PolicyError(f"{n}: dropout must be in [0, 1), got {self.dropout!r}")
+        p["dropout"] = dropout
+        if p["calib_folds"] < 2:
+            raise PolicyError(f"{n}: calib_folds must be >= 2, got {self.calib_folds!r}")
+        if self.threads is not None:
+            p["threads"] = check_positive("threads", n, self.threads, integer=True)
+        else:
+            p["threads"] = None
+        if self.ensemble not in ENSEMBLES:
+            raise PolicyError(f"{n}: ensemble must be one of {list(ENSEMBLES)}, got "
+                              f"{self.ensemble!r}")
+        p["ensemble"] = self.ensemble
+        p["seed"] = int(self.seed)
+        return p
+
+    # ---- training -----------------------------------------------------------------------
+    def _fit(self, X, quality, cost, tasks) -> None:
+        if self.finetune_encoder:
+            raise PolicyError(
+                "routerdc: finetune_encoder=True needs the prompt texts and a GPU, but a "
+                "policy is fitted on embeddings; keep it False (the head on the frozen "
+                "sentence embedding is trained instead)"
+            )
+        p = self._checked()
+        n, m = quality.shape
+        groups, n_groups = group_codes(X, tasks, p["n_clusters"], p["seed"])
+        clusters, _ = kmeans_labels(X, p["n_clusters"], p["seed"])
+        folds = stratified_folds(groups, min(p["calib_folds"], n), p["seed"])
+        nets: list[_Net] = []
+        if len(folds) >= 2:
+            sims, priors = np.zeros(quality.shape), np.zeros(quality.shape)
+            for f, held in enumerate(folds):
+                rest = np.setdiff1d(np.arange(n), held)
+                net = self._train_net(X[rest], quality[rest], clusters[rest], p,
+                                      p["seed"] + 1 + f)
+                nb = Neighbourhood(X[rest], groups[rest], n_groups, quality[rest], cost[rest],
+                                   k=p["neighbours"])
+                sims[held] = net.similarities(X[held])
+                priors[held] = nb.query(X[held])[0] @ nb.group_quality
+                nets.append(net)
+            self.calib_ = self._calibrate(sims, priors, quality, p["calib_l2"])
+        else:  # a single training row: no held-out data, trust the prior
+            self.calib_ = np.tile(np.array([0.0, 0.0, 1.0]), (m, 1))
+        if p["ensemble"] != "folds" or not nets:
+            final = self._train_net(X, quality, clusters, p, p["seed"])
+            nets = [final] if p["ensemble"] == "final" or not nets else [*nets, final]
+        self.nets_ = nets
+        self.nb_ = Neighbourhood(X, groups, n_groups, quality, cost, k=p["neighbours"])
+        self.n_groups_ = n_groups
+
+    def _train_net(self, X, quality, clusters, p, seed) -> _Net:
+        m = quality.shape[1]
+        top_k = min(p["top_k"], max(1, m // 2))
+        last_k = min(p["last_k"], max(1, m - top_k))
+        with seeded(seed, p["threads"]):
+            head = ResidualHead(X.shape[1], p["embed_dim"], p["hidden"], p["dropout"])
+            llm = nn.Parameter(F.normalize(torch.randn(m, p["embed_dim"]), dim=-1))
+            opt = torch.optim.AdamW([*head.parameters(), llm], lr=p["lr"],
+                                    weight_decay=p["weight_decay"])
+            xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+            observed = torch.from_numpy(~np.isnan(quality))
+            qt = torch.from_numpy(np.nan_to_num(quality, nan=0.0).astype(np.float32))
+            labels = torch.from_numpy(clusters)
+            n = len(X)
+            bs = min(p["batch_size"], n)
+            head.train()
+            for _ in range(p["epochs"]):
+                perm = torch.randperm(n)
+                for start in range(0, n, bs):
+                    b = perm[start : start + bs]
+                    z = head(xt[b])
+                    logits = z @ F.normalize(llm, dim=-1).T / p["temperature"]
+                    noise = torch.rand(len(b), m) * 1e-3
+                    loss = sample_llm_loss(logits, qt[b], observed[b], top_k, last_k, noise)
+                    if p["sample_weight"] > 0:
+                        loss = loss + p["sample_weight"] * supcon_loss(
+                            z, labels[b], p["cluster_temperature"])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            head.eval()
+            llm_np = F.normalize(llm.detach(), dim=-1).numpy().astype(np.float32)
+        return _Net(head, llm_np)
+
+    @staticmethod
+    def _calibrate(sims, priors, quality, l2) -> np.ndarray:
+        """Per-LLM soft logistic map from (similarity, logit group prior) to quality: (m, 3).
+
+        (A map per (task, LLM) was tried too: it routed worse on both shared datasets.)
+        """
+        m = quality.shape[1]
+        coef = np.zeros((m, 3))
+        for j in range(m):
+            obs = ~np.isnan(quality[:, j])
+            feats = np.column_stack([np.ones(obs.sum()), sims[obs, j], logit(priors[obs, j])])
+            coef[j] = fit_soft_logistic(feats, quality[obs, j], l2=l2)
+        return coef
+
+    # ---- prediction ---------------------------------------------------------------------
+    def similarities(self, X: np.ndarray) -> np.ndarray:
+        """Query-LLM cosine similarities (n, m), averaged over the ensemble's networks."""
+        if not self.is_fitted:
+            raise PolicyError(f"{self.name}: not fitted (call fit or load an artifact)")
+        X = np.atleast_2d(np.asarray(X, dtype=np.float32))
+        if X.shape[1] != self.dim_ or not np.isfinite(X).all():
+            raise PolicyError(f"{self.name}: expected finite embeddings of shape (n, {self.dim_})")
+        return np.mean([net.similarities(X) for net in self.nets_], axis=0)
+
+    def _predict(self, X, tasks, truth) -> Estimate:
+        sims = self.similarities(X)
+        post, cost = self.nb_.query(X)
+        priors = post @ self.nb_.group_quality
+        c = self.calib_
+        q = sigmoid(c[None, :, 0] + c[None, :, 1] * sims + c[None, :, 2] * logit(priors))
+        return Estimate(quality=q, cost=cost)
+
+    # ---- artifacts ----------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {}
+        for i, net in enumerate(self.nets_):
+            arrays.update(module_arrays(net.head, f"net{i}.head."))
+            arrays[f"net{i}.llm"] = net.llm
+        arrays["calibration"] = self.calib_
+        arrays.update(self.nb_.arrays("nb_"))
+        return arrays, {"n_groups": self.n_groups_, "n_nets": len(self.nets_)}
+
+    def _set_state(self, arrays, meta) -> None:
+        p = self._checked()
+        m = len(self.models_)
+        try:
+            self.n_groups_ = int(meta["n_groups"])
+            nets = []
+            for i in range(int(meta["n_nets"])):
+                head = ResidualHead(self.dim_, p["embed_dim"], p["hidden"], p["dropout"])
+                load_module_arrays(head, arrays, f"net{i}.head.")
+                head.eval()
+                llm = np.asarray(arrays[f"net{i}.llm"], dtype=np.float32)
+                if llm.shape != (m, p["embed_dim"]):
+                    raise ArtifactError(f"routerdc artifact: LLM embeddings of shape {llm.shape} "
+                                        f"do not match its {m} models")
+                nets.append(_Net(head, llm))
+            self.nb_ = Neighbourhood.from_arrays(arrays, "nb_", self.n_groups_, p["neighbours"],
+                                                 1.0)
+            self.calib_ = np.asarray(arrays["calibration"], dtype=np.float64)
+        except KeyError as exc:
+            raise ArtifactError(f"routerdc artifact lacks {exc}") from None
+        if self.calib_.shape != (m, 3) or not nets:
+            raise ArtifactError(f"routerdc artifact: calibration does not match its {m} models")
+        self.nets_ = nets

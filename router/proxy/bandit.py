@@ -1,0 +1,157 @@
+"""Where an online policy's bandit state lives while the gateway serves it.
+
+Embedded state (no ``state.redis_url``): a durable
+:class:`~router.state.bandit_store.EmbeddedBanditStore` at ``<state.dir>/bandit-<name>.npz``.
+With Redis: a :class:`~router.state.bandit_store.RedisBanditStore` (shared by replicas)
+wrapped in :class:`ResilientBanditStore`, which keeps the gateway routing and learning when
+Redis is unreachable: it serves a local copy of the last state it read, folds new outcomes
+into that copy, queues them, and appends them to the shared log once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("costroute.gateway")
+
+
+class ResilientBanditStore:
+    """A primary (Redis) bandit store with a local fallback during outages."""
+
+    def __init__(self, primary: Any, retry_seconds: float = 1.0) -> None:
+        from router.state.bandit_store import BanditStoreError
+
+        self.primary = primary
+        self.retry_seconds = retry_seconds
+        self._error = BanditStoreError
+        self._lock = threading.RLock()
+        self._local = None  # BanditState copy used while the primary is down
+        self._pending: list[tuple[int, np.ndarray, float, float]] = []
+        self._next_try = 0.0
+        self._last = None  # the last state read from the primary (not copied)
+        self._needs_init = None  # the prior to seed the primary with, if it was down at start
+
+    @property
+    def healthy(self) -> bool:
+        return self._local is None
+
+    def _unreachable(self, exc: Exception) -> bool:
+        return isinstance(exc, self._error) and "unreachable" in str(exc)
+
+    def _go_local(self, exc: Exception) -> None:
+        if self._local is None:
+            if self._last is None:
+                raise exc
+            log.warning("bandit store unreachable, learning locally: %s", exc)
+            self._local = self._last.copy()
+        self._next_try = time.monotonic() + self.retry_seconds
+
+    def _try_recover(self) -> None:
+        if self._local is None or time.monotonic() < self._next_try:
+            return
+        try:
+            if self._needs_init is not None:
+                self.primary.initialize(self._needs_init)
+                self._needs_init = None
+            while self._pending:
+                arm, z, reward, cost = self._pending[0]
+                self.primary.update(arm, z, reward, cost)
+                self._pending.pop(0)
+        except Exception as exc:
+            if not self._unreachable(exc):
+                raise
+            self._next_try = time.monotonic() + self.retry_seconds
+            return
+        log.info("bandit store reachable again; local outcomes pushed")
+        self._local = None
+
+    # ---- BanditStore interface --------------------------------------------------------
+    def initialize(self, state):
+        with self._lock:
+            try:
+                self._last = self.primary.initialize(state)
+            except Exception as exc:
+                if not self._unreachable(exc):
+                    raise
+                log.warning("bandit store unreachable at start, learning locally: %s", exc)
+                self._needs_init = state.copy()
+                self._local = state.copy()
+                self._next_try = time.monotonic() + self.retry_seconds
+                return self._local
+            return self._last
+
+    def update(self, arm: int, z: np.ndarray, reward: float, cost: float) -> int:
+        with self._lock:
+            self._try_recover()
+            if self._local is None:
+                try:
+                    return self.primary.update(arm, z, reward, cost)
+                except Exception as exc:
+                    if not self._unreachable(exc):
+                        raise
+                    self._go_local(exc)
+            z = np.ascontiguousarray(z, dtype=np.float64).reshape(-1)
+            self._local.apply(int(arm), z, float(reward), float(cost))
+            self._pending.append((int(arm), z, float(reward), float(cost)))
+            return self._local.version
+
+    def version(self) -> int:
+        with self._lock:
+            return self._local.version if self._local is not None else self.primary.version()
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        with self._lock:
+            self._try_recover()
+            if self._local is None:
+                try:
+                    with self.primary.read() as st:
+                        self._last = st
+                        yield st
+                        return
+                except Exception as exc:
+                    if not self._unreachable(exc):
+                        raise
+                    self._go_local(exc)
+            yield self._local
+
+    def state(self):
+        with self.read() as st:
+            return st.copy()
+
+    def snapshot(self) -> None:
+        if self._local is None:
+            try:
+                self.primary.snapshot()
+            except Exception as exc:
+                if not self._unreachable(exc):
+                    raise
+
+    def close(self) -> None:
+        try:
+            self.primary.close()
+        except Exception:
+            log.debug("closing the bandit store failed", exc_info=True)
+
+
+def attach_bandit_store(policy: Any, name: str, state_dir: str | Path,
+                        redis_url: str | None) -> Any:
+    """Give an online policy (with ``attach_store``) its durable/shared store."""
+    from router.state.bandit_store import EmbeddedBanditStore, RedisBanditStore
+
+    if redis_url:
+        store = ResilientBanditStore(RedisBanditStore(redis_url,
+                                                      key_prefix=f"costroute:bandit:{name}"))
+    else:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        store = EmbeddedBanditStore(Path(state_dir) / f"bandit-{name}.npz")
+    policy.attach_store(store)
+    return store

@@ -1,0 +1,282 @@
+"""Per-key spend and request-rate state: embedded (memory + SQLite) or Redis (atomic Lua).
+
+Keys are known only by their sha256 hex digest; clear keys never reach this module.
+Spend is kept as ``spent`` (settled calls) and ``reserved`` (calls in flight). A call first
+*reserves* an upper bound of its cost, which succeeds only if ``spent + reserved + amount
+<= budget`` (checked and applied atomically), then *settles* (reserved -= bound, spent +=
+actual cost) or *releases* the bound if the call failed. So concurrent requests can never
+spend more than the budget as long as each call's real cost stays within its reservation.
+
+Redis unreachable: :class:`RedisKeyStore` keeps serving from local state (the last spend it
+saw plus local changes) and pushes the changes made meanwhile once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+log = logging.getLogger("costroute.state")
+
+DB_NAME = "keys.sqlite"
+EPS = 1e-12
+
+_RESERVE = """
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local amount = tonumber(ARGV[1])
+if spent + reserved + amount > tonumber(ARGV[2]) + 1e-12 then
+  return {0, tostring(spent), tostring(reserved)}
+end
+redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[1])
+return {1, tostring(spent), tostring(reserved + amount)}
+"""
+
+_RATE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then return 0 end
+return 1
+"""
+
+
+class LocalKeyStore:
+    """In-process state; spend persisted to ``<dir>/keys.sqlite`` by :meth:`persist`."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
+        self.spent: dict[str, float] = defaultdict(float)
+        self.reserved: dict[str, float] = defaultdict(float)
+        self._hits: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+        self._dirty = False
+        self.path = None
+        if state_dir is not None:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+            self.path = Path(state_dir) / DB_NAME
+            with self._connect() as con:
+                con.execute("CREATE TABLE IF NOT EXISTS spend (key_hash TEXT PRIMARY KEY, "
+                            "name TEXT, spent REAL NOT NULL)")
+                for h, s in con.execute("SELECT key_hash, spent FROM spend"):
+                    self.spent[h] = float(s)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        return con
+
+    # ---- budget -------------------------------------------------------------------
+    def reserve(self, key: str, amount: float, budget: float) -> bool:
+        with self._lock:
+            if self.spent[key] + self.reserved[key] + amount > budget + EPS:
+                return False
+            self.reserved[key] += amount
+            return True
+
+    def settle(self, key: str, reserved: float, actual: float) -> None:
+        with self._lock:
+            self.reserved[key] = max(0.0, self.reserved[key] - reserved)
+            self.spent[key] += actual
+            self._dirty = True
+
+    def release(self, key: str, reserved: float) -> None:
+        with self._lock:
+            self.reserved[key] = max(0.0, self.reserved[key] - reserved)
+
+    def usage(self, key: str) -> tuple[float, float]:
+        with self._lock:
+            return self.spent[key], self.reserved[key]
+
+    # ---- rate ---------------------------------------------------------------------
+    def hit(self, key: str, rpm: int, now: float | None = None) -> bool:
+        """Count one request; False if ``rpm`` requests were already made in the last 60 s."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._hits[key]
+            while q and q[0] <= now - 60.0:
+                q.popleft()
+            if len(q) >= rpm:
+                return False
+            q.append(now)
+            return True
+
+    # ---- persistence --------------------------------------------------------------
+    def persist(self, names: dict[str, str] | None = None) -> None:
+        if self.path is None or not self._dirty:
+            return
+        with self._lock:
+            rows = [(h, (names or {}).get(h, ""), s) for h, s in self.spent.items()]
+            self._dirty = False
+        with self._connect() as con:
+            con.executemany("INSERT INTO spend (key_hash, name, spent) VALUES (?, ?, ?) "
+                            "ON CONFLICT(key_hash) DO UPDATE SET spent=excluded.spent, "
+                            "name=excluded.name", rows)
+
+    async def areserve(self, key: str, amount: float, budget: float) -> bool:
+        return self.reserve(key, amount, budget)
+
+    async def asettle(self, key: str, reserved: float, actual: float) -> None:
+        self.settle(key, reserved, actual)
+
+    async def arelease(self, key: str, reserved: float) -> None:
+        self.release(key, reserved)
+
+    async def ausage(self, key: str) -> tuple[float, float]:
+        return self.usage(key)
+
+    async def ahit(self, key: str, rpm: int) -> bool:
+        return self.hit(key, rpm)
+
+    def close(self) -> None:
+        self.persist()
+
+
+class RedisKeyStore:
+    """Shared state for several gateway replicas (``redis.asyncio`` on the hot path)."""
+
+    def __init__(self, url: str, prefix: str = "costroute", retry_seconds: float = 1.0,
+                 state_dir: str | os.PathLike[str] | None = None) -> None:
+        import redis.asyncio as aredis
+
+        self.url = url
+        self.prefix = prefix
+        self.client = aredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._reserve = self.client.register_script(_RESERVE)
+        self._rate = self.client.register_script(_RATE)
+        self.retry_seconds = retry_seconds
+        self.healthy = True
+        self._next_try = 0.0
+        # local state for outages: last seen (spent, reserved) and changes not yet pushed
+        self.local = LocalKeyStore(None)
+        self._known: dict[str, tuple[float, float]] = {}
+        self._pending: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:key:{key}"
+
+    def _usable(self) -> bool:
+        return self.healthy or time.monotonic() >= self._next_try
+
+    def _down(self, exc: Exception) -> None:
+        if self.healthy:
+            log.warning("redis key store unavailable, using local state: %s", exc)
+        self.healthy = False
+        self._next_try = time.monotonic() + self.retry_seconds
+
+    async def _sync_pending(self) -> None:
+        if not self._pending:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        items = list(self._pending.items())
+        for key, (d_spent, d_reserved) in items:
+            if d_spent:
+                pipe.hincrbyfloat(self._key(key), "spent", d_spent)
+            if d_reserved:
+                pipe.hincrbyfloat(self._key(key), "reserved", d_reserved)
+        await pipe.execute()
+        for key, _ in items:
+            self._pending.pop(key, None)
+        log.info("pushed local spend changes of %d key(s) to redis", len(items))
+
+    async def _ok(self) -> None:
+        if not self.healthy:
+            self.healthy = True
+            await self._sync_pending()
+
+    async def areserve(self, key: str, amount: float, budget: float) -> bool:
+        if self._usable():
+            try:
+                await self._ok()
+                ok, spent, reserved = await self._reserve(
+                    keys=[self._key(key)], args=[repr(float(amount)), repr(float(budget))])
+                self._known[key] = (float(spent), float(reserved))
+                return bool(int(ok))
+            except Exception as exc:  # redis.ConnectionError is not the builtin one
+                if not _is_conn_error(exc):
+                    raise
+                self._down(exc)
+        spent, reserved = self._known.get(key, (0.0, 0.0))
+        d_spent, d_reserved = self._pending[key]
+        if spent + reserved + d_spent + d_reserved + amount > budget + EPS:
+            return False
+        self._pending[key][1] += amount
+        return True
+
+    async def asettle(self, key: str, reserved: float, actual: float) -> None:
+        if self._usable():
+            try:
+                await self._ok()
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hincrbyfloat(self._key(key), "reserved", -reserved)
+                pipe.hincrbyfloat(self._key(key), "spent", actual)
+                new_reserved, new_spent = await pipe.execute()
+                self._known[key] = (float(new_spent), float(new_reserved))
+                return
+            except Exception as exc:
+                if not _is_conn_error(exc):
+                    raise
+                self._down(exc)
+        p = self._pending[key]
+        p[0] += actual
+        p[1] -= reserved
+
+    async def arelease(self, key: str, reserved: float) -> None:
+        if self._usable():
+            try:
+                await self._ok()
+                await self.client.hincrbyfloat(self._key(key), "reserved", -reserved)
+                return
+            except Exception as exc:
+                if not _is_conn_error(exc):
+                    raise
+                self._down(exc)
+        self._pending[key][1] -= reserved
+
+    async def ausage(self, key: str) -> tuple[float, float]:
+        if self._usable():
+            try:
+                await self._ok()
+                spent, reserved = await self.client.hmget(self._key(key), "spent", "reserved")
+                self._known[key] = (float(spent or 0), float(reserved or 0))
+            except Exception as exc:
+                if not _is_conn_error(exc):
+                    raise
+                self._down(exc)
+        spent, reserved = self._known.get(key, (0.0, 0.0))
+        d = self._pending.get(key, [0.0, 0.0])
+        return spent + d[0], max(0.0, reserved + d[1])
+
+    async def ahit(self, key: str, rpm: int) -> bool:
+        if self._usable():
+            try:
+                await self._ok()
+                window = int(time.time() // 60)
+                ok = await self._rate(keys=[f"{self.prefix}:rl:{key}:{window}"],
+                                      args=[rpm, 120])
+                return bool(int(ok))
+            except Exception as exc:
+                if not _is_conn_error(exc):
+                    raise
+                self._down(exc)
+        return self.local.hit(key, rpm)
+
+    def persist(self, names: dict[str, str] | None = None) -> None:
+        """Nothing to do: Redis holds the state."""
+
+    def close(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def _is_conn_error(exc: Exception) -> bool:
+    import redis
+
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | TimeoutError)
