@@ -73,14 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # user-facing errors from our libraries
         from policies.base import PolicyError
+        from router.datasets import DatasetError
+        from router.encoder import EncoderError
+        from router.index import VectorIndexError
+        from router.textview import TextViewError
 
-        known = (PolicyError, FileNotFoundError, PermissionError)
-        try:
-            from router.datasets import DatasetError
-
-            known = (*known, DatasetError)
-        except ImportError:
-            pass
+        known = (
+            PolicyError, DatasetError, EncoderError, VectorIndexError, TextViewError,
+            FileNotFoundError, PermissionError,
+        )
         if isinstance(exc, known):
             print(f"router {args.command}: error: {exc}", file=sys.stderr)
             return 2
