@@ -322,22 +322,18 @@ class EmbeddedLedger(SpendLedger):
         return self._accounts.setdefault(name, {})
 
     def begin(self, accounts: Accounts, now: float) -> list[AccountView]:
-        with self._lock:
-            self._reap(now)
-            out = []
-            for name, spec in accounts:
-                acct = self._acct(name)
-                _advance(acct, spec, now, count=True)
-                out.append(_view(name, acct, spec))
-            return out
+        return self._views(accounts, now, count=True)
 
     def view(self, accounts: Accounts, now: float) -> list[AccountView]:
+        return self._views(accounts, now, count=False)
+
+    def _views(self, accounts: Accounts, now: float, count: bool) -> list[AccountView]:
         with self._lock:
             self._reap(now)
             out = []
             for name, spec in accounts:
                 acct = self._acct(name)
-                _advance(acct, spec, now, count=False)
+                _advance(acct, spec, now, count=count)
                 out.append(_view(name, acct, spec))
             return out
 
