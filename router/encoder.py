@@ -61,6 +61,17 @@ class EncoderError(ValueError):
     """Bad encoder configuration or input (unknown model, backend, text view, texts)."""
 
 
+def text_list(texts: Sequence[str], one_string_message: str) -> list[str]:
+    """``texts`` as a list, raising EncoderError for a bare string or a non-string item."""
+    if isinstance(texts, str):
+        raise EncoderError(one_string_message)
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise EncoderError(f"text {i} is {type(t).__name__}, not a string")
+    return texts
+
+
 @runtime_checkable
 class EncoderBackend(Protocol):
     """What an encoder backend provides."""
@@ -355,12 +366,9 @@ class Encoder:
     # -- encoding ---------------------------------------------------------------------
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Float32 (len(texts), dim) L2-normalised embeddings of ``texts``."""
-        if isinstance(texts, str):
-            raise EncoderError("encode() takes a list of texts; use encode_one() for one text")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise EncoderError(f"text {i} is {type(t).__name__}, not a string")
+        texts = text_list(
+            texts, "encode() takes a list of texts; use encode_one() for one text"
+        )
         viewed = [self.view(t) for t in texts]
         hashes = [text_hash(v) for v in viewed]
         unique: dict[bytes, str] = dict(zip(hashes, viewed, strict=True))

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from router.encoder import EncoderError
+from router.encoder import EncoderError, text_list
 
 log = logging.getLogger(__name__)
 
@@ -443,12 +443,7 @@ class OnnxBackend:
 
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Float32 (len(texts), dim), rows L2-normalised."""
-        if isinstance(texts, str):
-            raise EncoderError("encode_batch() takes a list of texts, not one string")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise EncoderError(f"text {i} is {type(t).__name__}, not a string")
+        texts = text_list(texts, "encode_batch() takes a list of texts, not one string")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
