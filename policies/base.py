@@ -281,6 +281,12 @@ class Policy:
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Restore what :meth:`_get_state` returned."""
 
+    def _save_files(self, path: Path) -> None:
+        """Write files of the artifact other than arrays.npz (before it and config.json)."""
+
+    def _load_files(self, path: Path) -> None:
+        """Read what :meth:`_save_files` wrote (called before :meth:`_set_state`)."""
+
     # ---- artifacts ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
         """Write the artifact directory atomically (config.json + arrays.npz)."""
@@ -302,6 +308,7 @@ class Policy:
             "state": _jsonable(state_meta),
             "meta": _jsonable({**getattr(self, "meta_", {}), **(meta or {})}),
         }
+        self._save_files(path)
         _atomic_write(path / "arrays.npz", lambda f: np.savez(f, **arrays))
         _atomic_write(
             path / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode())
@@ -336,6 +343,7 @@ class Policy:
         policy.models_ = list(config["models"])
         policy.dim_ = int(config["dim"])
         policy.meta_ = dict(config.get("meta", {}))
+        policy._load_files(path)
         policy._set_state(arrays, dict(config.get("state", {})))
         return policy
 

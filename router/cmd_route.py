@@ -3,8 +3,9 @@
     router route --artifact out/knn "Write a function that reverses a list" [--lam 100]
     router route --artifact out/knn "..." --budget 0.001 --json
 
-Embeds the prompt with the encoder recorded in the artifact, asks the policy for every
-model's estimated quality and cost, and prints the chosen model and the runner-up.
+Embeds the prompt with a runtime of the encoder recorded in the artifact (ONNX int8 by
+default, see :mod:`router.encoder_select`), asks the policy for every model's estimated
+quality and cost, and prints the chosen model and the runner-up.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--cache-dir", default=None, help="embedding cache directory")
     parser.add_argument("--device", default=None, help="encoder device (cpu, cuda, ...)")
+    parser.add_argument("--encoder-backend", default="auto",
+                        choices=["auto", "artifact", "torch", "onnx", "onnx-int8"],
+                        help="encoder runtime (default auto: ONNX int8 on CPU, torch if ONNX "
+                             "is unavailable; artifact: the one it was trained with)")
 
 
 def route_prompt(
@@ -72,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("the prompt is empty")
 
     from policies import load_policy
-    from router.encoder import Encoder, EncoderError
+    from router.encoder import EncoderError
+    from router.proxy.routing import load_encoder
 
     policy = load_policy(args.artifact)
     enc_cfg = policy.meta_.get("encoder")
@@ -80,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.artifact}: the artifact records no encoder (not from `router train`?)")
     overrides = {k: v for k, v in (("cache_dir", args.cache_dir), ("device", args.device)) if v}
     try:
-        encoder = Encoder.from_config(enc_cfg, **overrides)
+        encoder = load_encoder(enc_cfg, args.encoder_backend, policy.dim_, **overrides)
         result = route_prompt(policy, encoder, args.prompt, lam=lam, budget=budget,
                               task=args.task)
     except EncoderError as exc:

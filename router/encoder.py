@@ -19,7 +19,10 @@ float32 array (L2-normalised rows), built by a factory
 (:class:`TorchBackend`) is built in; :data:`BACKENDS` maps names to ``"module:attr"`` so
 other backends (``"onnx"``, ``"onnx-int8"`` in :mod:`router.fast_encoder`) load on demand,
 and :func:`register_backend` adds more. A factory may define ``cache_tag`` (str): when set,
-its vectors are cached apart from other backends' (e.g. for a quantised model).
+its vectors are cached apart from other backends' (``cache_tag_for(device, options)``
+when it depends on them, e.g. torch in fp16), so the cache never mixes runtimes: torch fp32
+``""``, torch fp16 ``"fp16"``, ``"onnx"``, ``"onnx-int8"``. Which backend serves an
+artifact is decided by :mod:`router.encoder_select`.
 """
 
 from __future__ import annotations
@@ -112,10 +115,35 @@ def get_backend_factory(name: str) -> BackendFactory:
     return factory
 
 
+def cuda_present() -> bool:
+    """Whether torch sees a CUDA device (torch is imported only if a driver node exists)."""
+    if not any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def torch_placement(device: str | None, fp16: bool | None, cuda: bool) -> tuple[str, bool]:
+    """``(device, fp16)`` for the torch backend: CUDA when present, fp16 there by default."""
+    dev = device or ("cuda" if cuda else "cpu")
+    return dev, dev.startswith("cuda") if fp16 is None else bool(fp16)
+
+
 class TorchBackend:
     """sentence-transformers on PyTorch; fp16 on CUDA unless ``fp16=False``."""
 
     cache_tag = ""
+
+    @staticmethod
+    def cache_tag_for(device: str | None, options: dict[str, Any]) -> str:
+        """fp16 vectors (CUDA default) are cached apart from fp32 ones."""
+        fp16 = options.get("fp16")
+        if fp16 is None and device is None:
+            return "fp16" if cuda_present() else ""
+        return "fp16" if torch_placement(device, fp16, cuda=False)[1] else ""
 
     def __init__(
         self,
@@ -128,8 +156,7 @@ class TorchBackend:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device, fp16 = torch_placement(device, fp16, torch.cuda.is_available())
         try:
             with _quiet_transformers():
                 model = SentenceTransformer(str(model_path), device=device)
@@ -137,8 +164,6 @@ class TorchBackend:
             raise EncoderError(
                 f"cannot load sentence-transformers model from {model_path}: {exc}"
             ) from exc
-        if fp16 is None:
-            fp16 = device.startswith("cuda")
         if fp16:
             model.half()
         if max_seq_length is not None:
@@ -231,6 +256,32 @@ def _find_in_hf_cache(name: str) -> Path:
     )
 
 
+_SIGNATURE_FILES = ("config.json", "modules.json", "sentence_bert_config.json",
+                    "tokenizer.json", "vocab.txt", "1_Pooling/config.json")
+_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def model_signature(model_dir: str | os.PathLike) -> str:
+    """Short hash of a model directory's config/tokenizer contents and weight file sizes.
+
+    Stable across machines (no paths or times), so an artifact can record what it was
+    trained with and a server can tell a different model behind the same name.
+    """
+    import hashlib
+
+    root = Path(model_dir)
+    h = hashlib.sha256()
+    for name in _SIGNATURE_FILES:
+        f = root / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for name in _WEIGHT_NAMES:
+        f = root / name
+        if f.is_file():
+            h.update(f"{name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class EncoderStats:
     """Counts since construction (or :meth:`reset`).
@@ -292,6 +343,8 @@ class Encoder:
         self.stats = EncoderStats()
         self._backend: EncoderBackend | None = None
         self._dim: int | None = None
+        self._model_path: Path | None = None
+        self._recorded_signature: str | None = None  # from from_config, until loaded
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
 
@@ -313,7 +366,10 @@ class Encoder:
         key = self.model_key
         if self.max_seq_length is not None:
             key += f"#msl={self.max_seq_length}"
-        tag = getattr(get_backend_factory(self.backend_name), "cache_tag", "")
+        factory = get_backend_factory(self.backend_name)
+        tag_for = getattr(factory, "cache_tag_for", None)
+        tag = (tag_for(self.device, self.backend_options) if tag_for is not None
+               else getattr(factory, "cache_tag", ""))
         return f"{key}#{tag}" if tag else key
 
     @property
@@ -361,7 +417,15 @@ class Encoder:
                 f"model {self.model_key} has dimension {dim} but cached vectors have {self._dim}"
             )
         self.device = getattr(backend, "device", self.device)
+        self._model_path = Path(path)
         return backend
+
+    @property
+    def model_signature(self) -> str | None:
+        """:func:`model_signature` of the loaded model's directory (None before loading)."""
+        if self._model_path is None or not self._model_path.is_dir():
+            return None
+        return model_signature(self._model_path)
 
     # -- encoding ---------------------------------------------------------------------
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -465,12 +529,15 @@ class Encoder:
         }
         if self._dim is not None:
             cfg["dim"] = self._dim
+        signature = self.model_signature or self._recorded_signature
+        if signature is not None:
+            cfg["model_signature"] = signature
         return cfg
 
     _CONFIG_KEYS = frozenset(
         {"model_name", "text_view", "batch_size", "max_seq_length", "backend", "backend_options"}
     )
-    _INFO_KEYS = frozenset({"model_id", "dim"})
+    _INFO_KEYS = frozenset({"model_id", "dim", "model_signature"})
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], **overrides: Any) -> Encoder:
@@ -490,6 +557,7 @@ class Encoder:
             )
         if "dim" in cfg:
             enc._dim = int(cfg["dim"])
+        enc._recorded_signature = cfg.get("model_signature")
         return enc
 
     def __repr__(self) -> str:

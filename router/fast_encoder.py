@@ -18,8 +18,11 @@ fingerprint covers the model directory's config, tokenizer and weight files (siz
 mtime), the export recipe version and the quantisation recipe, so editing a model
 re-exports it. Exports run under a file lock (one process exports, the others wait).
 
-Registered with :class:`router.encoder.Encoder` as ``backend="onnx"`` (fp32, vectors
-shared with the torch backend's cache) and ``backend="onnx-int8"`` (own cache tag).
+Registered with :class:`router.encoder.Encoder` as ``backend="onnx"`` (fp32) and
+``backend="onnx-int8"``; each has its own embedding-cache tag (never mixed with torch's).
+``router serve`` / ``router route`` use them by default (:mod:`router.encoder_select`).
+On a fresh machine the export runs once, offline, from the installed weights, when the
+gateway starts; ``python -m router.fast_encoder`` does it ahead (e.g. in an image build).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -115,17 +119,20 @@ def _export(model_dir: Path, out_dir: Path) -> None:
     except ImportError as exc:  # pragma: no cover - both are dependencies
         raise EncoderError(f"exporting to ONNX needs torch and sentence-transformers: {exc}") from exc
 
-    try:
-        st = SentenceTransformer(
-            str(model_dir), device="cpu", model_kwargs={"attn_implementation": "eager"}
-        )
-    except Exception:  # models without an eager attention switch
+    from router.encoder import _quiet_transformers
+
+    with _quiet_transformers():
         try:
-            st = SentenceTransformer(str(model_dir), device="cpu")
-        except Exception as exc:
-            raise EncoderError(
-                f"cannot load sentence-transformers model from {model_dir}: {exc}"
-            ) from exc
+            st = SentenceTransformer(
+                str(model_dir), device="cpu", model_kwargs={"attn_implementation": "eager"}
+            )
+        except Exception:  # models without an eager attention switch
+            try:
+                st = SentenceTransformer(str(model_dir), device="cpu")
+            except Exception as exc:
+                raise EncoderError(
+                    f"cannot load sentence-transformers model from {model_dir}: {exc}"
+                ) from exc
     st.eval()
     first = st[0]
     hf_tok = getattr(first, "tokenizer", None)
@@ -348,7 +355,7 @@ class OnnxBackend:
     cache_dir: where the exported files live (see :func:`default_onnx_cache_dir`).
     """
 
-    cache_tag = ""
+    cache_tag = "onnx"  # fp32, but not bit-identical to torch: cached apart
 
     def __init__(
         self,
@@ -501,3 +508,29 @@ class OnnxInt8Backend(OnnxBackend):
         if not kwargs["quantize"]:
             raise EncoderError("OnnxInt8Backend is the quantised model; use OnnxBackend for fp32")
         super().__init__(model_path, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m router.fast_encoder [MODEL_DIR] [--fp32-only]``: export (and quantise) now."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="export a sentence-transformers model to ONNX "
+                                             "(and int8) into the costroute cache")
+    ap.add_argument("model_dir", nargs="?", default=None,
+                    help="local model directory (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--cache-dir", default=None, help="default: $COSTROUTE_CACHE_DIR/onnx")
+    ap.add_argument("--fp32-only", action="store_true", help="skip the int8 model")
+    args = ap.parse_args(argv)
+    model_dir = Path(args.model_dir) if args.model_dir else _default_model_dir()
+    try:
+        for quantize in (False,) if args.fp32_only else (False, True):
+            path, meta = ensure_onnx(model_dir, args.cache_dir, quantize=quantize)
+            print(f"{path} (dim {meta['dim']})")
+    except EncoderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

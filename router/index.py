@@ -21,6 +21,7 @@ costs more than it saves there); batches use ``threads`` (default: all cores).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -47,6 +48,53 @@ class VectorIndexError(ValueError):
 def _auto_nlist(n: int) -> int:
     """About 4 sqrt(n) lists, with at least 39 training points per list."""
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def vectors_checksum(x: np.ndarray, chunk: int = 65_536) -> str:
+    """blake2b (16-byte digest, hex) of float32 rows ``x``; equal vectors, equal sums."""
+    x = np.asarray(x, dtype=np.float32)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(x.shape, dtype=np.int64).tobytes())
+    for start in range(0, len(x), chunk):
+        h.update(np.ascontiguousarray(x[start : start + chunk]).data)
+    return h.hexdigest()
+
+
+def _flat_storage(index: Any) -> Any:
+    """The ``IndexFlat`` holding an index's raw vectors (flat or HNSW), else ``None``."""
+    if index is None:
+        return None
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    return index if isinstance(index, faiss.IndexFlat) else None
+
+
+class _Pinned:
+    """Array interface of a view into FAISS memory that keeps the owning index alive."""
+
+    def __init__(self, view: np.ndarray, owner: Any) -> None:
+        iface = dict(view.__array_interface__)
+        iface["data"] = (iface["data"][0], True)  # read-only
+        self.__array_interface__ = iface
+        self._view = view
+        self._owner = owner
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 for a faiss-cpu build)."""
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def choose_kind(n_total: int, on_gpu: bool, auto_flat_max: int | None = None) -> str:
+    """The ``auto`` index kind for ``n_total`` vectors: exact while small, then approximate.
+
+    CPU: flat below :data:`AUTO_FLAT_MAX`, then HNSW. GPU: flat below
+    :data:`AUTO_FLAT_MAX_GPU` (brute force is fast there), then IVF (HNSW is CPU only).
+    """
+    if on_gpu:
+        return "flat" if n_total < (auto_flat_max or AUTO_FLAT_MAX_GPU) else "ivf"
+    return "flat" if n_total < (auto_flat_max or AUTO_FLAT_MAX) else "hnsw"
 
 
 class VectorIndex:
@@ -79,7 +127,7 @@ class VectorIndex:
                             ("threads", threads), ("auto_flat_max", auto_flat_max)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise VectorIndexError(f"{name} must be a positive integer, got {value!r}")
-        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        gpus = gpu_count()
         if use_gpu is True and gpus == 0:
             raise VectorIndexError("use_gpu=True but FAISS sees no GPU (faiss-cpu build?)")
         if use_gpu is True and kind == "hnsw":
@@ -137,9 +185,7 @@ class VectorIndex:
     def _target_kind(self, n_total: int) -> str:
         if self.kind != "auto":
             return self.kind
-        if self._gpu_available:
-            return "flat" if n_total < (self.auto_flat_max or AUTO_FLAT_MAX_GPU) else "ivf"
-        return "flat" if n_total < (self.auto_flat_max or AUTO_FLAT_MAX) else "hnsw"
+        return choose_kind(n_total, self._gpu_available, self.auto_flat_max)
 
     def _build(self, kind: str, x: np.ndarray) -> None:
         """Create an index of ``kind`` holding exactly ``x``."""
@@ -188,10 +234,38 @@ class VectorIndex:
         return faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
 
     def vectors(self) -> np.ndarray:
-        """All stored vectors (n, dim), in id order."""
+        """All stored vectors (n, dim), in id order (a copy)."""
         if self._index is None or len(self) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._cpu_index().reconstruct_n(0, len(self))
+
+    def stored_vectors(self) -> np.ndarray:
+        """Read-only (n, dim) float32 vectors in id order, without a copy when possible.
+
+        Flat and HNSW indexes on CPU keep the raw vectors in one array: the result is a
+        view of it (it keeps the index alive). IVF and GPU indexes have no such array, so
+        this is a copy (as :meth:`vectors`).
+        """
+        flat = self._flat()
+        if flat is None or len(self) == 0:
+            out = self.vectors()
+            out.setflags(write=False)
+            return out
+        n = len(self)
+        raw = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim)
+        return np.asarray(_Pinned(raw.reshape(n, self.dim), self._index))
+
+    def _flat(self) -> Any:
+        return None if self.on_gpu else _flat_storage(self._index)
+
+    @property
+    def vectors_are_view(self) -> bool:
+        """Whether :meth:`stored_vectors` is a view (no copy) of the index's memory."""
+        return self._flat() is not None
+
+    def checksum(self) -> str:
+        """blake2b of the stored vectors' bytes (id order), to check a file against them."""
+        return vectors_checksum(self.stored_vectors())
 
     def add(self, vectors: Any) -> np.ndarray:
         """Append vectors (n, dim); returns their int64 ids."""
@@ -300,6 +374,7 @@ class VectorIndex:
             )
         if use_gpu is not None:
             params["use_gpu"] = use_gpu
+        params.pop("threads", None)  # the saving machine's core count; use this one's
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:

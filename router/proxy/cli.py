@@ -24,6 +24,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-encoder", choices=["minilm", "hashing"], default="minilm",
                         help="encoder for --demo: all-MiniLM-L6-v2, or the model-free hashing "
                              "encoder (instant start)")
+    parser.add_argument("--encoder-backend",
+                        choices=["auto", "artifact", "torch", "onnx", "onnx-int8"],
+                        help="encoder runtime (overrides routing.encoder_backend; default auto: "
+                             "ONNX int8 on CPU, torch if ONNX is unavailable)")
     parser.add_argument("--state-dir", help="embedded state dir (overrides state.dir)")
     parser.add_argument("--lam", type=float, help="default trade-off (overrides routing.lam)")
     parser.add_argument("--log-level", default="info",
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
             state_dir = args.state_dir or ".costroute"
             demo = build_demo(state_dir, policy_name=args.demo_policy,
                               latency_ms=args.demo_latency_ms, dataset=args.demo_dataset,
-                              lam=args.lam or 0.0, encoder=args.demo_encoder)
+                              lam=args.lam or 0.0, encoder=args.demo_encoder,
+                              encoder_backend=args.encoder_backend or "auto")
             cfg = demo["config"]
             kwargs = {"policies": demo["policies"], "default_policy": demo["default_policy"],
                       "replay": demo["replay"]}
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = load_config(args.config)
             if args.artifact:
                 kwargs["artifact"] = args.artifact
+            if args.encoder_backend:
+                cfg.routing.encoder_backend = args.encoder_backend
         else:
             raise CLIError("give --config FILE (or --demo)")
         if args.state_dir:

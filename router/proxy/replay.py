@@ -229,7 +229,7 @@ def default_demo_dataset() -> Path | None:
 
 def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None,
                latency_ms: float = 50.0, dataset: str | None = None, lam: float = 0.0,
-               encoder: str = "minilm") -> dict[str, Any]:
+               encoder: str = "minilm", encoder_backend: str = "auto") -> dict[str, Any]:
     """Config + policy + replay provider of ``router serve --demo`` (trains if needed).
 
     ``encoder``: ``minilm`` (all-MiniLM-L6-v2, the default) or ``hashing`` (no model,
@@ -290,7 +290,10 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
         "state": {"dir": str(state_dir)},
         "replay": {"dataset": source, "latency_ms": latency_ms},
     }, source="demo")
-    serving_encoder = Encoder.from_config(encoder.config(), use_cache=False)
+    from router.proxy.routing import load_encoder
+
+    serving_encoder = load_encoder(encoder.config(), encoder_backend, policy.dim_,
+                                   use_cache=False)
     return {"config": cfg, "policies": {policy.name: (policy, serving_encoder)},
             "default_policy": policy.name, "replay": provider, "source": source,
             "test": test}

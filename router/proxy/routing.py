@@ -83,14 +83,23 @@ def hashing_encoder_config(dim: int = 64) -> dict[str, Any]:
             "backend_options": {"dim": dim}}
 
 
-def load_encoder(cfg: dict[str, Any] | None, **overrides: Any):
-    """An encoder from an artifact's ``meta["encoder"]`` (the default MiniLM if absent)."""
+def load_encoder(cfg: dict[str, Any] | None, backend: str = "artifact",
+                 expected_dim: int | None = None, **overrides: Any):
+    """An encoder for an artifact's ``meta["encoder"]`` (the default MiniLM if absent).
+
+    ``backend`` is a :mod:`router.encoder_select` choice: ``"artifact"`` (the recorded
+    runtime, loaded lazily) or ``"auto"``/a runtime name (loaded now and checked against
+    the artifact's dimension and ``expected_dim``).
+    """
     from router.encoder import Encoder
+    from router.encoder_select import serving_encoder
 
     _register_hashing()
-    if not cfg:
-        return Encoder(**overrides)
-    return Encoder.from_config(dict(cfg), **overrides)
+    if backend == "artifact":
+        return Encoder.from_config(dict(cfg), **overrides) if cfg else Encoder(**overrides)
+    device = overrides.pop("device", None)
+    return serving_encoder(cfg, backend, device=device, expected_dim=expected_dim,
+                           **overrides)
 
 
 # ---- model names --------------------------------------------------------------------
