@@ -93,3 +93,97 @@ def redis_factory(tmp_path):
     yield make
     for s in servers:
         s.stop()
+
+
+class ReplicaProcess:
+    """``python -m router serve --config FILE --port P`` as a real subprocess (loopback)."""
+
+    def __init__(self, config: dict, workdir: Path, port: int | None = None) -> None:
+        import yaml
+
+        self.port = port or free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base(self) -> str:
+        return self.url + "/v1"
+
+    def start(self, timeout: float = 60.0) -> ReplicaProcess:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> ReplicaProcess:
+        import sys
+
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("COSTROUTE_REDIS_URL", None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "router", "serve", "--config", str(self.config_path),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> ReplicaProcess:
+        import httpx
+
+        assert self.proc is not None, "launch() first"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"router serve exited {self.proc.returncode}:\n"
+                                   + self.log_path.read_text()[-3000:])
+            try:
+                if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("router serve did not become ready:\n"
+                           + self.log_path.read_text()[-3000:])
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (graceful: drains the outcome writer), SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def replica_factory(tmp_path):
+    """Start ``router serve`` subprocesses; every one still running is killed at teardown."""
+    procs: list[ReplicaProcess] = []
+
+    def make(config: dict, name: str | None = None) -> ReplicaProcess:
+        proc = ReplicaProcess(config, tmp_path / (name or f"replica{len(procs)}"))
+        procs.append(proc)
+        return proc
+
+    def start_all(*replicas: ReplicaProcess) -> list[ReplicaProcess]:
+        """Launch all, then wait for each (their start-ups overlap)."""
+        return [r.wait_ready() for r in [r.launch() for r in replicas]]
+
+    make.start_all = start_all  # type: ignore[attr-defined]
+
+    yield make
+    for p in procs:
+        p.kill()

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import httpx
-import numpy as np
 import pytest
 
-from policies import make_policy
-from router.proxy.routing import hashing_encoder_config, load_encoder
-from tests.upstream import MATH, POEM, GatewayServer, UpstreamServer, gateway_config
+from tests.upstream import MATH, GatewayServer, UpstreamServer, gateway_config, linucb_artifact
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +17,7 @@ def upstream():
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    enc = load_encoder(hashing_encoder_config(32), use_cache=False)
-    n = 30
-    X = enc.encode([MATH.format(i) for i in range(n)] + [POEM.format(i) for i in range(n)])
-    quality = np.ones((2 * n, 2))
-    quality[n:, 0] = 0.0
-    cost = np.tile([0.001, 0.01], (2 * n, 1))
-    policy = make_policy("linucb", alpha=0.0, prior_weight=1.0)
-    policy.fit(X, quality, cost, ["cheap", "strong"])
-    return policy.save(tmp_path_factory.mktemp("art") / "linucb", meta={"encoder": enc.config()})
+    return linucb_artifact(tmp_path_factory.mktemp("art") / "linucb")
 
 
 def route(gw: GatewayServer, text: str) -> httpx.Response:

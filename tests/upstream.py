@@ -284,6 +284,23 @@ def tiny_artifact(path: str | Path, dim: int = 32, n: int = 30,
     return policy.save(Path(path), meta={"encoder": enc.config()})
 
 
+def linucb_artifact(path: str | Path, dim: int = 32, n: int = 30) -> Path:
+    """LinUCB (alpha 0) over hashing embeddings: both models solve MATH, only 'strong' POEMs."""
+    import numpy as np
+
+    from policies import make_policy
+    from router.proxy.routing import hashing_encoder_config, load_encoder
+
+    enc = load_encoder(hashing_encoder_config(dim), use_cache=False)
+    X = enc.encode([MATH.format(i) for i in range(n)] + [POEM.format(i) for i in range(n)])
+    quality = np.ones((2 * n, 2))
+    quality[n:, 0] = 0.0
+    cost = np.tile([0.001, 0.01], (2 * n, 1))
+    policy = make_policy("linucb", alpha=0.0, prior_weight=1.0)
+    policy.fit(X, quality, cost, ["cheap", "strong"])
+    return policy.save(Path(path), meta={"encoder": enc.config()})
+
+
 def backend_entry(name: str, base: str, price_in: float = 1e-6, price_out: float = 2e-6,
                   **extra: Any) -> dict[str, Any]:
     return {"model_name": name, "litellm_params": {

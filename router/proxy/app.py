@@ -104,7 +104,11 @@ def load_policies(cfg: GatewayConfig, artifact: str | None = None
         enc_cfg = policy.meta_.get("encoder")
         key = json.dumps(enc_cfg, sort_keys=True, default=str)
         if key not in encoders:
-            encoders[key] = load_encoder(enc_cfg, use_cache=False)
+            try:
+                encoders[key] = load_encoder(enc_cfg, r.encoder_backend, policy.dim_,
+                                             device=r.encoder_device, use_cache=False)
+            except ValueError as exc:  # EncoderError: no runtime loads, or a mismatch
+                raise ConfigError(f"routing: encoder ({r.encoder_backend}): {exc}") from None
         return encoders[key]
 
     def load(path: str, where: str) -> Policy:
@@ -209,11 +213,21 @@ class Gateway:
 
         self.outcome_store = open_outcome_store(state_dir, cfg.state.redis_url,
                                                 cfg.state.outcome_stream)
-        self.outcomes = OutcomeLogger(self.outcome_store, cfg.state.flush_interval_seconds)
         self.key_store = (RedisKeyStore(cfg.state.redis_url) if cfg.state.redis_url
                           else LocalKeyStore(state_dir))
         self.keys = KeyManager(cfg.keys, self.key_store)
-        self.feedback_cache = FeedbackCache(cfg.state.feedback_cache_size)
+        shared_fb = None
+        if cfg.state.redis_url:
+            from router.state.feedback_store import RedisFeedbackStore
+
+            shared_fb = RedisFeedbackStore(cfg.state.redis_url,
+                                           ttl_seconds=cfg.state.feedback_ttl_seconds)
+        self.feedback_cache = FeedbackCache(
+            cfg.state.feedback_cache_size, shared=shared_fb,
+            online={n for n, s in self.router.policies.items() if s.online})
+        self.outcomes = OutcomeLogger(
+            self.outcome_store, cfg.state.flush_interval_seconds, ack=cfg.state.sync_outcomes,
+            before_write=self.feedback_cache.flush_shared if shared_fb is not None else None)
         self.pacer = None
         if r.global_budget is not None:
             from router.proxy.pacing import Pacer
@@ -261,7 +275,9 @@ class Gateway:
         self.ready = False
         for t in list(self._tasks):
             t.cancel()
-        self.outcomes.close()
+        self.outcomes.close()  # drains: queued outcomes and feedback contexts are written
+        if self.feedback_cache.shared is not None:
+            self.feedback_cache.shared.close()
         self.key_store.persist(self.keys.names)
         for store in self.bandit_stores:
             store.close()
@@ -301,7 +317,10 @@ class Gateway:
         rid = new_request_id()
         rec: dict[str, Any] = {"event": "outcome", "request_id": rid, "ts": time.time()}
         try:
-            return await self._chat(request, rid, rec, t0)
+            response = await self._chat(request, rid, rec, t0)
+            if self.outcomes.ack:  # state.sync_outcomes: answer once the record is stored
+                await self.outcomes.stored(rid)
+            return response
         except APIError as err:
             self._record_error(rec, err, t0)
             err.headers.setdefault("x-router-request-id", rid)
@@ -585,7 +604,7 @@ class Gateway:
     # ---- feedback --------------------------------------------------------------------
     async def feedback(self, request_id: str, reward: float, source: str = "api"
                        ) -> FeedbackResponse:
-        ctx = self.feedback_cache.claim(request_id)
+        ctx = await self._claim_feedback(request_id)
         if ctx is None:
             raise APIError(404, f"Unknown request_id '{request_id}' (too old, or served by "
                                 "another replica).", code="request_not_found",
@@ -603,9 +622,28 @@ class Gateway:
             updated = True
         self.outcomes.submit({"event": "feedback", "request_id": request_id, "reward": reward,
                               "ts": time.time(), "source": source, "updated": updated})
+        if self.outcomes.ack:  # state.sync_outcomes: the feedback event is stored first too
+            await self.outcomes.stored(request_id)
         self.metrics.feedback.labels(source, str(updated).lower()).inc()
         return FeedbackResponse(request_id=request_id, reward=reward, model=ctx.backend,
                                 updated=updated)
+
+    async def _claim_feedback(self, request_id: str) -> FeedbackContext | None | bool:
+        """Claim the request's context; shared (Redis): from any replica, exactly once.
+
+        Another replica writes its contexts with its outcome batches, so an id not found
+        yet is looked up again for one flush interval (plus margin) before giving up.
+        """
+        cache = self.feedback_cache
+        if cache.shared is None:
+            return cache.claim(request_id)
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.cfg.state.flush_interval_seconds + 0.5
+        while True:
+            ctx = await loop.run_in_executor(self.executor, cache.claim, request_id)
+            if ctx is not None or time.monotonic() >= deadline:
+                return ctx
+            await asyncio.sleep(0.05)
 
     # ---- status ----------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:

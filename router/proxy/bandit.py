@@ -6,6 +6,9 @@ With Redis: a :class:`~router.state.bandit_store.RedisBanditStore` (shared by re
 wrapped in :class:`ResilientBanditStore`, which keeps the gateway routing and learning when
 Redis is unreachable: it serves a local copy of the last state it read, folds new outcomes
 into that copy, queues them, and appends them to the shared log once Redis answers again.
+With a ``buffer_path`` the queued outcomes are also appended (fsynced) to a local JSONL file,
+so a replica that crashes during the outage pushes them when it starts again (at least once:
+a crash in the middle of a push may append some of them twice).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ log = logging.getLogger("costroute.gateway")
 class ResilientBanditStore:
     """A primary (Redis) bandit store with a local fallback during outages."""
 
-    def __init__(self, primary: Any, retry_seconds: float = 1.0) -> None:
+    def __init__(self, primary: Any, retry_seconds: float = 1.0,
+                 buffer_path: str | Path | None = None) -> None:
         from router.state.bandit_store import BanditStoreError
+        from router.state.outcome_store import DiskBuffer
 
         self.primary = primary
         self.retry_seconds = retry_seconds
@@ -38,6 +43,10 @@ class ResilientBanditStore:
         self._next_try = 0.0
         self._last = None  # the last state read from the primary (not copied)
         self._needs_init = None  # the prior to seed the primary with, if it was down at start
+        self.buffer = None if buffer_path is None else DiskBuffer(buffer_path)
+        if self.buffer is not None:  # outcomes of an outage this replica did not survive
+            self._pending = [(int(e["a"]), np.asarray(e["z"], dtype=np.float64),
+                              float(e["r"]), float(e["c"])) for e in self.buffer.read()]
 
     @property
     def healthy(self) -> bool:
@@ -70,6 +79,8 @@ class ResilientBanditStore:
                 raise
             self._next_try = time.monotonic() + self.retry_seconds
             return
+        if self.buffer is not None:
+            self.buffer.drop_first(len(self.buffer))
         log.info("bandit store reachable again; local outcomes pushed")
         self._local = None
 
@@ -78,15 +89,23 @@ class ResilientBanditStore:
         with self._lock:
             try:
                 self._last = self.primary.initialize(state)
+                if self._pending:  # buffered by an earlier run during an outage
+                    log.info("pushing %d buffered bandit outcomes", len(self._pending))
+                    self._local = self._last.copy()
+                    for arm, z, reward, cost in self._pending:
+                        self._local.apply(arm, z, reward, cost)
+                    self._try_recover()
             except Exception as exc:
                 if not self._unreachable(exc):
                     raise
                 log.warning("bandit store unreachable at start, learning locally: %s", exc)
                 self._needs_init = state.copy()
                 self._local = state.copy()
+                for arm, z, reward, cost in self._pending:
+                    self._local.apply(arm, z, reward, cost)
                 self._next_try = time.monotonic() + self.retry_seconds
                 return self._local
-            return self._last
+            return self._last if self._local is None else self._local
 
     def update(self, arm: int, z: np.ndarray, reward: float, cost: float) -> int:
         with self._lock:
@@ -101,6 +120,9 @@ class ResilientBanditStore:
             z = np.ascontiguousarray(z, dtype=np.float64).reshape(-1)
             self._local.apply(int(arm), z, float(reward), float(cost))
             self._pending.append((int(arm), z, float(reward), float(cost)))
+            if self.buffer is not None:
+                self.buffer.append([{"a": int(arm), "r": float(reward), "c": float(cost),
+                                     "z": z.tolist()}])
             return self._local.version
 
     def version(self) -> int:
@@ -148,8 +170,9 @@ def attach_bandit_store(policy: Any, name: str, state_dir: str | Path,
     from router.state.bandit_store import EmbeddedBanditStore, RedisBanditStore
 
     if redis_url:
-        store = ResilientBanditStore(RedisBanditStore(redis_url,
-                                                      key_prefix=f"costroute:bandit:{name}"))
+        store = ResilientBanditStore(
+            RedisBanditStore(redis_url, key_prefix=f"costroute:bandit:{name}"),
+            buffer_path=Path(state_dir) / f"bandit-{name}-pending.jsonl")
     else:
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         store = EmbeddedBanditStore(Path(state_dir) / f"bandit-{name}.npz")

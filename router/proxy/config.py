@@ -136,6 +136,11 @@ class RoutingConfig(_Strict):
     #: output tokens reserved for a call whose request gives no max_tokens
     reserve_output_tokens: int = Field(default=512, ge=1)
     embedding_cache_size: int = Field(default=4096, ge=0)
+    #: encoder runtime for the artifacts (router.encoder_select): auto = ONNX int8/fp32 on
+    #: CPU (torch if ONNX is unavailable), CUDA when present; or artifact/torch/onnx/onnx-int8
+    encoder_backend: Literal["auto", "artifact", "torch", "onnx", "onnx-int8"] = "auto"
+    #: encoder device (cpu, cuda, cuda:1); default: CUDA when present
+    encoder_device: str | None = None
     #: micro-batching of encoder passes across concurrent requests (router.batcher)
     batch_max: int = Field(default=32, ge=1, le=1024)
     batch_wait_ms: float = Field(default=0.0, ge=0, lt=1000)
@@ -160,6 +165,11 @@ class StateConfig(_Strict):
     outcome_stream: str = "costroute:outcomes"
     flush_interval_seconds: float = Field(default=1.0, gt=0)
     feedback_cache_size: int = Field(default=50_000, ge=0)
+    #: with redis_url: how long a request's feedback context stays claimable on any replica
+    feedback_ttl_seconds: float = Field(default=3600.0, gt=0)
+    #: answer a (non-streaming) request only once its outcome record is stored, so a replica
+    #: crash loses no record of an answered request (group commit; costs one store write)
+    sync_outcomes: bool = False
 
     @field_validator("redis_url")
     @classmethod
