@@ -69,6 +69,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--online", action="store_true",
         help="also replay the online (bandit) policies over the test stream (eval.online)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N",
+        help="native threads (BLAS, OpenMP, torch) while training, sweeping and scoring; "
+        "0 leaves the libraries' defaults (default 1: the policies' work is small, and "
+        "more threads mostly wait on each other; the encoder is not capped)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG files")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -107,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from eval import harness as H
     from router.cli import CLIError
+    from router.threads import native_threads, preload
 
     t_start = time.perf_counter()
     if args.bootstrap < 0:
         raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.threads < 0:
+        raise CLIError(f"--threads must be >= 0, got {args.threads}")
     if not 0 < args.test_fraction < 1:
         raise CLIError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     for art in args.artifact:
@@ -147,15 +156,17 @@ def _run(args: argparse.Namespace) -> int:
     evaluation = H.Evaluation(ctx.test, ctx.lams, weak=args.weak, strong=args.strong)
     _embed(ctx, specs, [p for _, p in artifacts])
 
-    _train_and_sweep(ctx, evaluation, specs, artifacts)
-
-    t0 = time.perf_counter()
-    bar = _bar(len(evaluation.results), "bootstrap", args.quiet)
-    scores = evaluation.score(
-        n_boot=args.bootstrap, seed=args.seed, progress=lambda _label: bar.update(1)
-    )
-    bar.close()
-    ctx.timings["score_s"] = time.perf_counter() - t0
+    if ctx.X_train is not None or ctx.X_test is not None:
+        preload()  # faiss, scikit-learn: their pools must be loaded to be capped
+    with native_threads(args.threads):
+        _train_and_sweep(ctx, evaluation, specs, artifacts)
+        t0 = time.perf_counter()
+        bar = _bar(len(evaluation.results), "bootstrap", args.quiet)
+        scores = evaluation.score(
+            n_boot=args.bootstrap, seed=args.seed, progress=lambda _label: bar.update(1)
+        )
+        bar.close()
+        ctx.timings["score_s"] = time.perf_counter() - t0
     results = _results_json(ctx, evaluation, scores)
 
     if args.online:  # bandit replay of the test stream (eval/online.py)
@@ -401,6 +412,8 @@ def _encoder_config(encoder) -> dict[str, Any] | None:
 
 
 def _results_json(ctx: EvalContext, evaluation, scores: dict[str, Any]) -> dict[str, Any]:
+    from eval.compare import requirement
+
     test_tasks = {t: int((evaluation.tasks == t).sum()) for t in evaluation.task_names}
     ref = evaluation.ref
     return {
@@ -424,6 +437,7 @@ def _results_json(ctx: EvalContext, evaluation, scores: dict[str, Any]) -> dict[
         "best_single": ref.models[ref.best],
         "reference": evaluation.reference_json(),
         "policies": scores,
+        "vs_task_static": requirement(scores, evaluation.baseline_label()),
     }
 
 

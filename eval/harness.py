@@ -4,7 +4,8 @@ The flow is: :func:`lam_grid` picks the trade-off values from the training costs
 :func:`sweep_policy` predicts once per policy and lets the shared ``choose`` pick a model
 per query at every ``lam`` (so one sweep costs one prediction); :class:`Evaluation` turns
 the chosen models into per-query-averaged (cost, quality) curves on the test split, with
-the metrics of :mod:`eval.metrics`, per-task breakdowns and paired bootstrap intervals.
+the metrics of :mod:`eval.metrics`, per-task breakdowns, paired bootstrap intervals and
+each policy's comparison with task-static at matched costs (:mod:`eval.compare`).
 
 Quality and cost come from ``RoutingDataset.eval_matrices()``: a missing quality counts
 as 0, a missing cost as that model's mean cost. Costs are USD per query throughout.
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from eval import metrics as M
+from eval.compare import BASELINE, compare_hulls
 from policies import REGISTRY, get_policy_class, make_policy
 from policies.base import Policy, choose
 from router.dataset import RoutingDataset
@@ -31,6 +33,10 @@ from router.dataset import RoutingDataset
 EMBEDDING_FREE = frozenset({"cheapest", "single", "best-single", "task-static", "oracle"})
 #: parametrised baselines left out of the default list (every single model is a reference)
 NOT_DEFAULT = frozenset({"single"})
+#: fixed-rule and reference policies; every other policy counts as learned
+BASELINE_POLICIES = frozenset(
+    {"random", "cheapest", "single", "best-single", "task-static", "oracle"}
+)
 DEFAULT_LAM_POINTS = 60
 CI_LEVEL = 0.95
 
@@ -388,6 +394,7 @@ class Evaluation:
         counts = M.bootstrap_counts(len(self.test), n_boot, seed)
         budgets = fixed_costs(self.ref.c_min, self.ref.c_max)
         boot_ref = self._bootstrap_reference(counts)
+        boot_hulls: dict[str, list[np.ndarray]] = {}
         out: dict[str, Any] = {}
         for res in self.results:
             if progress:
@@ -418,11 +425,35 @@ class Evaluation:
                     {"cost": b, "quality": M.quality_at_cost(s["hull"], b)} for b in budgets
                 ],
             }
-            entry.update(self._bootstrap(qsel, csel, counts, boot_ref, budgets, entry))
+            boot_hulls[res.label] = []
+            entry.update(self._bootstrap(qsel, csel, counts, boot_ref, budgets, entry,
+                                         boot_hulls[res.label]))
             entry["per_task"] = self._per_task(qsel, csel)
+            entry["learned"] = res.name not in BASELINE_POLICIES
             entry["timings"] = res.timings
             out[res.label] = entry
+        self._compare_to_baseline(out, boot_hulls)
         return out
+
+    def baseline_label(self) -> str | None:
+        """Label of the task-static result the others are compared with (None: absent)."""
+        found = [r for r in self.results if r.name == BASELINE]
+        plain = [r for r in found if not r.params] or found
+        return plain[0].label if plain else None
+
+    def _compare_to_baseline(
+        self, out: dict[str, Any], boot_hulls: dict[str, list[np.ndarray]]
+    ) -> None:
+        """``vs_task_static`` of every other policy (eval.compare), paired resamples."""
+        base = self.baseline_label()
+        for label, entry in out.items():
+            if base is None or label == base:
+                entry["vs_task_static"] = None
+                continue
+            entry["vs_task_static"] = compare_hulls(
+                _hull_array(entry["hull"]), _hull_array(out[base]["hull"]),
+                boot_hulls[label], boot_hulls[base], level=CI_LEVEL,
+            )
 
     def _per_task(self, qsel: np.ndarray, csel: np.ndarray) -> dict[str, Any]:
         per: dict[str, Any] = {}
@@ -454,9 +485,11 @@ class Evaluation:
         boot_ref: dict[str, np.ndarray],
         budgets: list[float],
         point: dict[str, Any],
+        hulls: list[np.ndarray] | None = None,
     ) -> dict[str, Any]:
         """Percentile intervals from resampled test queries (the same resamples for every
-        policy, so differences between policies are paired)."""
+        policy, so differences between policies are paired). Each resample's hull is
+        appended to ``hulls`` when given."""
         if counts.shape[0] == 0:
             return {"aiq_ci": None, "max_quality_ci": None, "apgr_ci": None}
         n = len(self.test)
@@ -470,6 +503,8 @@ class Evaluation:
         qac = np.full((n_boot, len(budgets)), np.nan)
         for b in range(n_boot):
             hull = M.pareto_hull(cb[b], qb[b])
+            if hulls is not None:
+                hulls.append(hull)
             aiq[b] = M.aiq(hull, float(mc[b].min()), float(mc[b].max()))
             maxq[b] = hull[-1, 1]
             value, _ = M.apgr(
@@ -497,6 +532,10 @@ class Evaluation:
             **_reference_dict(self.ref),
             "per_task": {t: _reference_dict(r) for t, r in self.task_refs.items()},
         }
+
+
+def _hull_array(points: list[dict[str, float]]) -> np.ndarray:
+    return np.array([[p["cost"], p["quality"]] for p in points], dtype=np.float64)
 
 
 def _reference_dict(ref: Reference) -> dict[str, Any]:

@@ -9,6 +9,7 @@ points, cost being the mean USD per query and quality the mean quality per query
 * :func:`apgr` / :func:`cpt` - RouteLLM's Average Performance Gap Recovered and Call
   (cost) Percentage Threshold, on a cost axis normalised between a weak and a strong model;
 * :func:`cost_to_reach`, :func:`quality_at_cost` - read the hull at a quality or a cost;
+* :func:`comparison_costs`, :func:`hull_difference` - two hulls at matched costs;
 * :func:`bootstrap_counts`, :func:`percentile_ci` - paired bootstrap over test queries.
 """
 
@@ -114,6 +115,35 @@ def quality_at_cost(hull: np.ndarray, cost: float) -> float | None:
     if cost < hull[0, 0] - _EPS * max(1.0, abs(hull[0, 0])):
         return None
     return float(hull_value(hull, cost))
+
+
+def comparison_costs(hull: np.ndarray, base: np.ndarray, n_grid: int = 20) -> np.ndarray:
+    """Costs at which to compare ``hull`` with the baseline hull ``base``, sorted.
+
+    The common cost range runs from the later of the two hulls' cheapest points (below
+    it one of them has no operating point) to the later of their last points (beyond it
+    both are flat). The costs are ``base``'s vertices inside that range plus ``n_grid``
+    costs spread geometrically over it (linearly when it starts at 0); one cost when the
+    range is a single point.
+    """
+    lo = max(float(hull[0, 0]), float(base[0, 0]))
+    hi = max(float(hull[-1, 0]), float(base[-1, 0]), lo)
+    tol = _EPS * max(1.0, abs(hi))
+    if hi - lo <= tol:
+        return np.array([lo])
+    grid = np.geomspace(lo, hi, n_grid) if lo > 0 else np.linspace(lo, hi, n_grid)
+    inside = base[:, 0][(base[:, 0] >= lo - tol) & (base[:, 0] <= hi + tol)]
+    costs = np.sort(np.concatenate(([lo, hi], grid[1:-1], np.clip(inside, lo, hi))))
+    keep = np.concatenate(([True], np.diff(costs) > 1e-9 * np.maximum(1.0, costs[1:])))
+    return costs[keep]
+
+
+def hull_difference(hull: np.ndarray, base: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """``H(c) - H_base(c)`` at each cost; NaN where ``c`` is below either hull's cheapest
+    point (a quality that cheap is not on offer, so there is nothing to match)."""
+    costs = np.asarray(costs, dtype=np.float64)
+    nan = float("nan")
+    return hull_value(hull, costs, below=nan) - hull_value(base, costs, below=nan)
 
 
 def max_quality(cost: np.ndarray, quality: np.ndarray) -> tuple[float, float]:

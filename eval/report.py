@@ -61,12 +61,59 @@ def main_table(results: dict[str, Any]) -> list[str]:
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """What `router eval` prints: the main table."""
+    """What `router eval` prints: the main table and the verdicts against task-static."""
     d = results["dataset"]
+    req = results.get("vs_task_static") or {}
     return [
         f"{d['name']}: {d['n_test']} test queries, costs in $ per 1k queries",
         *main_table(results),
+        *(f"vs {req['baseline']}: {label}: {line}" for label, line in
+          (req.get("summaries") or {}).items()),
     ]
+
+
+def _signed_ci(value: float, ci: list[float] | None) -> str:
+    return f"{value:+.3f}" + ("" if not ci else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+
+
+def baseline_section(results: dict[str, Any]) -> list[str]:
+    """Every learned policy against task-static at matched costs (eval/compare.py)."""
+    req = results.get("vs_task_static") or {}
+    base, learned = req.get("baseline"), req.get("learned") or []
+    if base is None or not learned:
+        why = "task-static was not evaluated" if base is None else "no learned policy"
+        return ["## Against task-static", "", f"Not compared: {why}.", ""]
+    beat = [label for label in learned if req["verdicts"].get(label) == "beats"]
+    met = "met" if req["all_beat"] else "NOT met"
+    lines = [
+        "## Against task-static (requirement: every learned policy beats it across the "
+        "cost range)",
+        "",
+        f"Requirement {met}: {len(beat)} of {len(learned)} learned policies beat {base} "
+        "(better at some compared cost, worse at none)"
+        + (f": {', '.join(beat)}" if beat else "") + "; "
+        + ("none is significantly worse anywhere" if req["all_never_significantly_worse"]
+           else "some are significantly worse somewhere")
+        + ". Compared: the quality of the two hulls at matched "
+        "costs (the baseline's hull vertices plus 20 costs spread over the common range), "
+        "with paired bootstrap 95% intervals per cost (no multiplicity correction); "
+        "definition: eval/README.md.",
+        "",
+    ]
+    rows = []
+    for label in learned:
+        c = results["policies"][label]["vs_task_static"]
+        w = c["worst"]
+        rows.append([
+            label, f"{c['better']} / {c['tied']} / {c['worse']} of {c['n_points']}",
+            str(c["significantly_better"]), str(c["significantly_worse"]),
+            _signed_ci(c["mean_diff"], c["mean_diff_ci"]),
+            f"{_signed_ci(w['diff'], w['ci'])} @ {per_1k(w['cost'])}", c["verdict"],
+        ])
+    lines += _table(["policy", "better / tied / worse", "signif. better", "signif. worse",
+                     "mean diff [CI]", "worst diff [CI] @ $/1k", "verdict"], rows)
+    lines += ["", *(f"* {label}: {req['summaries'][label]}." for label in learned), ""]
+    return lines
 
 
 def reference_table(ref: dict[str, Any]) -> list[str]:
@@ -165,6 +212,7 @@ def render(results: dict[str, Any]) -> str:
         f"scores {ref['zero_router']['aiq']:.3f}. CPT: cost-equivalent share of strong-model "
         f"calls needed to recover 50%/80% of the weak-strong gap. Definitions: eval/README.md.",
         "",
+        *baseline_section(results),
         "## References (test split)",
         "",
         *reference_table(ref),

@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="held-out share when the dataset has no train/test files")
     parser.add_argument("--cache-dir", default=None, help="embedding cache directory")
     parser.add_argument("--device", default=None, help="encoder device (cpu, cuda, ...)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="native (BLAS/OpenMP/torch) threads while fitting; 0 = libraries' "
+                        "defaults (small fits run fastest on 1, see eval/README.md)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -126,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out}: exists and is not a directory")
+    if args.threads < 0:
+        raise CLIError(f"--threads must be >= 0, got {args.threads}")
     if not 0 < args.test_fraction < 1:
         raise CLIError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     encoder = _encoder(args)
@@ -151,7 +156,11 @@ def run(args: argparse.Namespace) -> int:
     _log(args, f"fitting {policy!r} ...")
     t0 = time.perf_counter()
     _, cost = train.eval_matrices()  # missing cost -> model mean; missing quality stays NaN
-    policy.fit(X, train.quality, cost, train.models, tasks=train.tasks)
+    from router.threads import native_threads, preload
+
+    preload()
+    with native_threads(args.threads):
+        policy.fit(X, train.quality, cost, train.models, tasks=train.tasks)
     _log(args, f"  fitted in {time.perf_counter() - t0:.1f}s")
     _, state = policy._get_state()
     learned = {k: v for k, v in state.items() if isinstance(v, int | float | str) and k != "tasks"}

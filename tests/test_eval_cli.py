@@ -107,6 +107,12 @@ def test_report_table(evaluated):
     oracle = results["policies"]["oracle"]
     lo, hi = oracle["aiq_ci"]
     assert f"| oracle | {oracle['aiq']:.3f} [{lo:.3f}, {hi:.3f}]" in report
+    # none of these policies is learned: the comparison is made, but nothing is judged
+    req = results["vs_task_static"]
+    assert req["baseline"] == "task-static" and req["learned"] == [] and req["all_beat"] is None
+    assert "## Against task-static" in report and "no learned policy" in report
+    assert oracle["vs_task_static"]["verdict"] == "beats"
+    assert all(p["ci"] is not None for p in oracle["vs_task_static"]["points"])
 
 
 def test_eval_is_deterministic_per_seed(tiny, evaluated, tmp_path):
@@ -153,6 +159,7 @@ def test_eval_strong_weak_and_artifact(tiny, tmp_path):
         (["--policies", "cheapest", "--lams", "log:1"], "--lams"),
         (["--policies", "cheapest", "--strong", "gpt-9"], "--strong 'gpt-9': no such model"),
         (["--policies", "cheapest", "--bootstrap", "-1"], "--bootstrap"),
+        (["--policies", "cheapest", "--threads", "-1"], "--threads"),
         (["--artifact", "/no/such/artifact"], "no such directory"),
     ],
 )
