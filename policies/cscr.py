@@ -45,6 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies._anchor import (
+    TaskPrior,
+    anchor_meta,
+    blend,
+    blend_cost,
+    check_shrink,
+    pick_anchor,
+    set_anchor_state,
+)
 from policies._contrastive import (
     MLPTower,
     Neighbourhood,
@@ -62,6 +71,7 @@ from policies._contrastive import (
     soft_target_ce,
     stratified_folds,
 )
+from policies._priors import encode_tasks
 from policies.base import ArtifactError, Estimate, Policy, PolicyError
 
 COST_FLOOR = 1e-9  # USD; log cost of a free model
@@ -149,10 +159,14 @@ class CSCRPolicy(Policy):
     n_probes: at most this many probe prompts for profiling added models.
     calib_folds, calib_l2: cross-fitting folds and ridge strength of the shared calibrator.
     index_kind: :class:`router.index.VectorIndex` kind of the model index.
-    seed, threads: as for RouterDC (deterministic on CPU; torch threads while fitting).
+    seed, threads: as for RouterDC (deterministic on CPU; torch threads while fitting,
+        default 1, the fastest for these small networks).
+    shrink, cost_shrink: anchoring of the trained pool's estimates on the inferred task's
+        train means, as for RouterDC (:mod:`policies._anchor`).
     """
 
     name = "cscr"
+    artifact_version = 2  # 2: task anchor (anchor_* arrays, shrink / cost_shrink)
 
     def __init__(
         self,
@@ -177,7 +191,9 @@ class CSCRPolicy(Policy):
         calib_l2: float = 1.0,
         index_kind: str = "flat",
         seed: int = 0,
-        threads: int | None = None,
+        threads: int | None = 1,
+        shrink: float | str = "auto",
+        cost_shrink: float | str = "auto",
     ) -> None:
         self.embed_dim = embed_dim
         self.hidden = hidden
@@ -201,6 +217,8 @@ class CSCRPolicy(Policy):
         self.index_kind = index_kind
         self.seed = seed
         self.threads = threads
+        self.shrink = shrink
+        self.cost_shrink = cost_shrink
 
     # ---- parameters ---------------------------------------------------------------------
     def _checked(self) -> dict[str, Any]:
@@ -226,6 +244,8 @@ class CSCRPolicy(Policy):
                         else check_positive("threads", n, self.threads, integer=True))
         p["seed"] = int(self.seed)
         p["index_kind"] = str(self.index_kind)
+        check_shrink(n, "shrink", self.shrink)
+        check_shrink(n, "cost_shrink", self.cost_shrink)
         return p
 
     # ---- training -----------------------------------------------------------------------
@@ -235,22 +255,32 @@ class CSCRPolicy(Policy):
         cost = np.where(np.isnan(cost), masked_mean(cost, 0, 0.0)[None, :], cost)
         groups, n_groups = group_codes(X, tasks, p["n_clusters"], p["seed"], nested=True)
         folds = stratified_folds(groups, min(p["calib_folds"], n), p["seed"])
-        feats, target = [], []
+        names, codes = encode_tasks(tasks, n)
         if len(folds) >= 2:
+            # out-of-fold (similarity, prior, log cost) per cell, and the anchor's estimates
+            oof = {key: np.zeros(quality.shape) for key in ("sim", "prior", "lc", "cost",
+                                                            "anchor_q", "anchor_c")}
             for f, held in enumerate(folds):
                 rest = np.setdiff1d(np.arange(n), held)
                 core = self._train_core(X, quality, cost, groups, n_groups, rest, p,
                                         p["seed"] + 1 + f)
-                sims, prior, _ = core.features(X[held])
-                lc = np.broadcast_to(core.scaled_log_cost()[None, :], sims.shape)
-                obs = ~np.isnan(quality[held])
-                feats.append(np.column_stack([np.ones(obs.sum()), sims[obs],
-                                              logit(prior[obs]), lc[obs]]))
-                target.append(quality[held][obs])
-            self.calib_ = fit_soft_logistic(np.vstack(feats), np.concatenate(target),
-                                            l2=p["calib_l2"])
+                oof["sim"][held], oof["prior"][held], oof["cost"][held] = core.features(X[held])
+                oof["lc"][held] = core.scaled_log_cost()[None, :]
+                oof["anchor_q"][held], oof["anchor_c"][held] = TaskPrior.fit(
+                    X[rest], codes[rest], names, quality[rest], cost[rest]).query(X[held])
+            obs = ~np.isnan(quality)
+            feats = np.column_stack([np.ones(obs.sum()), oof["sim"][obs],
+                                     logit(oof["prior"][obs]), oof["lc"][obs]])
+            self.calib_ = fit_soft_logistic(feats, quality[obs], l2=p["calib_l2"])
+            raw = self._calibrated(oof["sim"], oof["prior"], oof["lc"])
+            self.shrink_, self.cost_shrink_, self.shrink_utility_ = pick_anchor(
+                self.shrink, self.cost_shrink, oof["anchor_q"], raw, oof["anchor_c"],
+                oof["cost"], quality, cost)
         else:
             self.calib_ = np.array([0.0, 0.0, 1.0, 0.0])
+            self.shrink_, self.cost_shrink_, self.shrink_utility_ = pick_anchor(
+                self.shrink, self.cost_shrink, None, None, None, None, quality, cost)
+        self.anchor_ = TaskPrior.fit(X, codes, names, quality, cost)
         self.core_ = self._train_core(X, quality, cost, groups, n_groups, np.arange(n), p,
                                       p["seed"])
         self.n_groups_ = n_groups
@@ -272,8 +302,9 @@ class CSCRPolicy(Policy):
             qtower = ResidualHead(X.shape[1], p["embed_dim"], p["hidden"], p["dropout"])
             mtower = MLPTower(K + 1, p["embed_dim"], p["model_hidden"])
             core = _Core(qtower, mtower, nb, prof_q, prof_c, lc_mean, lc_std, p["index_kind"])
+            # foreach: bit-identical updates to the per-tensor loop, fewer op dispatches
             opt = torch.optim.AdamW([*qtower.parameters(), *mtower.parameters()], lr=p["lr"],
-                                    weight_decay=p["weight_decay"])
+                                    weight_decay=p["weight_decay"], foreach=True)
             xt = torch.from_numpy(np.ascontiguousarray(Xr, dtype=np.float32))
             bs = min(p["batch_size"], len(rows))
             V = p["n_virtual"]
@@ -400,11 +431,18 @@ class CSCRPolicy(Policy):
         return np.clip(per, 0.0, 1.0)
 
     # ---- prediction ---------------------------------------------------------------------
+    def _calibrated(self, sims: np.ndarray, prior: np.ndarray, lc: np.ndarray) -> np.ndarray:
+        c = self.calib_
+        return sigmoid(c[0] + c[1] * sims + c[2] * logit(prior) + c[3] * lc)
+
     def _predict(self, X, tasks, truth) -> Estimate:
         sims, prior, cost = self.core_.features(X)
-        lc = self.core_.scaled_log_cost()[None, :]
-        c = self.calib_
-        q = sigmoid(c[0] + c[1] * sims + c[2] * logit(prior) + c[3] * lc)
+        q = self._calibrated(sims, prior, self.core_.scaled_log_cost()[None, :])
+        # anchor the trained pool on the inferred task's means; added models have none
+        m = self.n_trained_models_
+        prior_q, prior_c = self.anchor_.query(X)
+        q[:, :m] = blend(prior_q, q[:, :m], self.shrink_)
+        cost[:, :m] = blend_cost(prior_c, cost[:, :m], self.cost_shrink_)
         return Estimate(quality=q, cost=cost)
 
     def group_labels(self, X: np.ndarray) -> np.ndarray:
@@ -426,9 +464,10 @@ class CSCRPolicy(Policy):
         arrays = {**module_arrays(c.qtower, "qtower."), **module_arrays(c.mtower, "mtower."),
                   **c.nb.arrays("nb_"), "profile_quality": c.profile_q,
                   "profile_cost": c.profile_c, "calibration": self.calib_,
-                  "probe_indices": self.probe_indices_, "probe_X": self.probe_X_}
+                  "probe_indices": self.probe_indices_, "probe_X": self.probe_X_,
+                  **self.anchor_.arrays()}
         meta = {"n_groups": self.n_groups_, "lc_mean": c.lc_mean, "lc_std": c.lc_std,
-                "n_trained_models": self.n_trained_models_}
+                "n_trained_models": self.n_trained_models_, **anchor_meta(self)}
         return arrays, meta
 
     def _set_state(self, arrays, meta) -> None:
@@ -450,6 +489,7 @@ class CSCRPolicy(Policy):
             core = _Core(qtower, mtower, nb, prof_q, prof_c, float(meta["lc_mean"]),
                          float(meta["lc_std"]), p["index_kind"])
             self.n_trained_models_ = int(meta["n_trained_models"])
+            set_anchor_state(self, arrays, meta)
         except KeyError as exc:
             raise ArtifactError(f"cscr artifact lacks {exc}") from None
         if prof_q.shape != (len(self.models_), K) or self.calib_.shape != (4,):

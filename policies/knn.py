@@ -8,10 +8,13 @@ correctness is 0/1), so each estimate is shrunk toward a prior::
 
     q = (sum_i w_i q_i + alpha * prior) / (sum_i w_i + alpha)
 
-where the prior is the mean of the neighbourhood's *inferred* task: the neighbours'
-weighted task-label shares times each task's train means (never the query's own label,
-so it works in serving). ``k``, ``alpha`` and the softmax ``temperature`` default to
-``"auto"``: tuned by seeded k-fold cross-validation on the train set.
+where the prior is the train mean of the query's *inferred* task: a hard vote of its
+nearest neighbours' task labels (:func:`policies._anchor.task_vote`; never the query's own
+label, so it works in serving). ``k``, ``alpha`` and the softmax ``temperature`` default to
+``"auto"``: tuned by seeded k-fold cross-validation on the train set, by routing utility
+over the whole lam range with the one-standard-error rule toward the prior (of the
+settings within one paired SE of the best, the one weighting the prior most), so that
+without per-prompt signal the policy routes like ``task-static``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from policies._anchor import lam_grid as anchor_lam_grid
+from policies._anchor import one_se, row_utility, task_vote
 from policies._priors import (
     TaskTable,
     encode_tasks,
@@ -38,6 +43,7 @@ WEIGHTINGS = ("uniform", "distance")
 PRIORS = ("task", "global")
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
 TUNE_METRICS = ("brier", "utility")
+LAM_POINTS = 6  # log-spaced lam values of the utility tuning grid (plus 0)
 PREDICT_CHUNK = 1024  # queries per estimate block (bounds memory)
 
 
@@ -59,7 +65,9 @@ class KNNPolicy(Policy):
         nested cross-validation on the train splits, utility tuning routed better on
         RouterDC (0.526 vs 0.516 mean score at lam=0) and RouterBench.
     index_kind: the serving index, passed to :class:`router.index.VectorIndex`
-        (cross-validation always searches exactly).
+        (default ``"auto"``: exact below 50,000 prompts, then HNSW; cross-validation
+        always searches exactly). The built index is saved in the artifact and loaded,
+        after a checksum check, at start.
     """
 
     name = "knn"
@@ -73,7 +81,7 @@ class KNNPolicy(Policy):
         prior: str = "task",
         cv_folds: int = 5,
         tune_metric: str = "utility",
-        index_kind: str = "flat",
+        index_kind: str = "auto",
         seed: int = 0,
     ) -> None:
         self.k = k
@@ -147,10 +155,10 @@ class KNNPolicy(Policy):
             t_grid = [temp] if temp != "auto" else list(TEMPERATURE_GRID)
         kt = list(itertools.product(k_grid, t_grid))
         losses = np.zeros((len(kt), len(a_grid)))
+        row_util = np.zeros((n, len(kt), len(a_grid)))  # per-row held-out utility
         cost_losses = np.zeros((len(kt), len(ALPHA_GRID)))
-        eval_q = np.nan_to_num(quality, nan=0.0)
         eval_c = fill_cost(cost)
-        lams = self._lam_grid(eval_c)
+        lams = anchor_lam_grid(eval_c, LAM_POINTS)
         scale = np.maximum(masked_col_mean(eval_c, 0.0), 1e-12)
         for val in kfold(n, int(self.cv_folds), int(self.seed)):
             train = np.setdiff1d(np.arange(n), val)
@@ -165,17 +173,29 @@ class KNNPolicy(Policy):
                     st = self._stats(sims_all[part, :kc], ids_all[part, :kc], ti,
                                      quality[train], cost[train], codes[train], table)
                     c_fixed = _combine(st.num_c, st.den_c, ALPHA_GRID[-1], st.prior_c)
+                    # unobserved cells count as the task mean (not 0) when tuning
+                    q_true = np.where(np.isnan(quality[rows]), st.prior_q, quality[rows])
                     for j, a in enumerate(a_grid):
                         q_hat = _combine(st.num_q, st.den_q, a, st.prior_q)
                         if self.tune_metric == "brier":
                             losses[i, j] += np.nansum((q_hat - quality[rows]) ** 2)
                         else:
-                            losses[i, j] -= _utility(q_hat, c_fixed, eval_q[rows],
-                                                     eval_c[rows], lams)
+                            row_util[rows, i, j] = row_utility(q_hat, c_fixed, q_true,
+                                                               eval_c[rows], lams)
                     for j, a in enumerate(ALPHA_GRID):
                         c_hat = _combine(st.num_c, st.den_c, a, st.prior_c)
                         cost_losses[i, j] += np.nansum(((c_hat - cost[rows]) / scale) ** 2)
+        if self.tune_metric == "utility":
+            losses = -row_util.sum(axis=0)
         i, j = np.unravel_index(int(np.argmin(losses)), losses.shape)
+        if self.tune_metric == "utility":
+            # one-SE rule toward the prior: of the (k, temperature, alpha) within one paired
+            # SE of the best, the one giving the prior the most weight, alpha / (k + alpha)
+            prior_weight = np.array([[a / (kk + a) if kk + a > 0 else 1.0 for a in a_grid]
+                                     for kk, _ in kt])
+            order = np.argsort(-prior_weight.ravel(), kind="stable")
+            flat = order[one_se(row_util.reshape(n, -1)[:, order])]
+            i, j = np.unravel_index(int(flat), prior_weight.shape)
         self.alpha_cost_ = float(ALPHA_GRID[int(np.argmin(cost_losses[i]))])
         self.cv_ = {
             "metric": self.tune_metric,
@@ -188,14 +208,6 @@ class KNNPolicy(Policy):
         }
         k_best, t_best = kt[i]
         return k_best, a_grid[j], t_best
-
-    @staticmethod
-    def _lam_grid(cost: np.ndarray) -> np.ndarray:
-        """lam values at which cost differences between models matter (scale-free)."""
-        spread = float(np.ptp(cost.mean(axis=0)))
-        if spread <= 0:
-            return np.array([0.0])
-        return np.array([0.0, 0.05, 0.2, 0.5, 1.0, 2.0]) / spread
 
     # ---- estimation -------------------------------------------------------------------
     def _weights(self, sims: np.ndarray, ids: np.ndarray, temp: float) -> np.ndarray:
@@ -213,13 +225,9 @@ class KNNPolicy(Policy):
         """Weighted neighbour sums over observed cells, and the inferred-task priors."""
         w = self._weights(sims, ids, temp)  # (n, k)
         safe = np.where(ids >= 0, ids, 0)
-        # inferred task: weighted task-label shares among the neighbours
-        n_rows, n_tasks = ids.shape[0], len(table.names)
-        shares = np.zeros((n_rows, n_tasks))
-        np.add.at(shares, (np.repeat(np.arange(n_rows), ids.shape[1]), codes[safe].ravel()),
-                  w.ravel())
-        total = shares.sum(axis=1, keepdims=True)
-        shares = np.where(total > 0, shares / np.maximum(total, 1e-300), 1.0 / n_tasks)
+        # inferred task: a hard vote of the nearest neighbours' task labels (a soft share
+        # over all k neighbours mixes tasks' means and misroutes clear-cut prompts)
+        shares = task_vote(np.where(ids >= 0, codes[safe], -1), len(table.names))
         num_q, den_q = _weighted_sums(quality[safe], w)
         num_c, den_c = _weighted_sums(cost[safe], w)
         return _Stats(num_q, den_q, shares @ table.quality, num_c, den_c, shares @ table.cost)
@@ -245,10 +253,53 @@ class KNNPolicy(Policy):
             raise PolicyError("knn: not fitted")
         return self._search(np.atleast_2d(X), min(k or self.k_, self.X_.shape[0]))
 
+    # ---- index storage ----------------------------------------------------------------
+    # One copy of the train embeddings: the FAISS index's. ``X_`` is a read-only view of
+    # the index's vectors (flat/HNSW on CPU); assigning ``X_`` (fitting) holds the array
+    # only until an index is built from it, and assigning ``_index`` drops it.
+    _vindex = None
+    _X_fit = None
+    _X_copy = None
+
+    @property
+    def X_(self) -> np.ndarray:
+        if self._vindex is None and self._X_fit is None:
+            raise PolicyError("knn: not fitted")
+        if self._vindex is None:
+            return self._X_fit
+        if self._vindex.vectors_are_view:
+            return self._vindex.stored_vectors()
+        # IVF or GPU indexes hold no plain array: keep one reconstructed copy
+        if self._X_copy is None or len(self._X_copy) != len(self._vindex):
+            self._X_copy = self._vindex.stored_vectors()
+        return self._X_copy
+
+    @X_.setter
+    def X_(self, value: np.ndarray) -> None:
+        self._X_fit = np.ascontiguousarray(value, dtype=np.float32)
+        self._vindex = self._X_copy = None
+
+    @property
+    def _index(self):
+        if self._vindex is None:
+            self._index = _build_index(self.X_, self.index_kind)
+        return self._vindex
+
+    @_index.setter
+    def _index(self, index) -> None:
+        self._vindex = index
+        self._X_fit = self._X_copy = None
+
     # ---- artifacts --------------------------------------------------------------------
+    # arrays.npz holds the estimates' arrays; the built FAISS index is ``index.faiss``
+    # (faiss.write_index, + a JSON sidecar) and the raw embeddings ``vectors.npy`` (read
+    # memory-mapped, only to rebuild an index that fails its check).
+    INDEX_FILE = "index.faiss"
+    VECTORS_FILE = "vectors.npy"
+
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        index = self._index
         arrays = {
-            "X": self.X_,
             "quality": self.quality_,
             "cost": self.cost_,
             "codes": self.codes_,
@@ -261,12 +312,24 @@ class KNNPolicy(Policy):
             "alpha_cost": self.alpha_cost_,
             "temperature": self.temperature_,
             "cv": self.cv_,
+            "index": {"file": self.INDEX_FILE, "vectors": self.VECTORS_FILE, "n": len(index),
+                      "dim": index.dim, "kind": index.built_kind,
+                      "checksum": index.checksum()},
         }
         return arrays, meta
 
+    def _save_files(self, path) -> None:
+        from policies.base import _atomic_write
+
+        self._index.save(path / self.INDEX_FILE)
+        _atomic_write(path / self.VECTORS_FILE,
+                      lambda f: np.save(f, self.X_, allow_pickle=False))
+
+    def _load_files(self, path) -> None:
+        self._artifact_dir = path
+
     def _set_state(self, arrays, meta) -> None:
         try:
-            self.X_ = np.ascontiguousarray(arrays["X"], dtype=np.float32)
             self.quality_ = arrays["quality"]
             self.cost_ = arrays["cost"]
             self.codes_ = arrays["codes"].astype(np.int64)
@@ -278,7 +341,17 @@ class KNNPolicy(Policy):
         except KeyError as exc:
             raise ArtifactError(f"knn: artifact lacks {exc}") from None
         self.cv_ = dict(meta.get("cv", {}))
-        self._index = _build_index(self.X_, self.index_kind)
+        if "X" in arrays:  # artifacts written before the index was persisted
+            self.X_ = arrays["X"]
+            self._index = _build_index(self.X_, self.index_kind)
+        elif "index" in meta:
+            self._index = _load_index(getattr(self, "_artifact_dir", None), meta["index"],
+                                      self.index_kind)
+        else:
+            raise ArtifactError("knn: artifact has neither embeddings nor an index")
+        if len(self._index) != self.quality_.shape[0]:
+            raise ArtifactError(f"knn: the index holds {len(self._index)} prompts but the "
+                                f"artifact has outcomes for {self.quality_.shape[0]}")
 
 
 class _Stats(NamedTuple):
@@ -303,18 +376,6 @@ def _combine(num: np.ndarray, den: np.ndarray, alpha: float, prior: np.ndarray) 
     return np.where(total > 0, (num + alpha * prior) / np.where(total > 0, total, 1.0), prior)
 
 
-def _utility(q_hat, c_hat, q_true, c_true, lams) -> float:
-    """Summed realised quality - lam * cost of the argmax choices over the lam grid."""
-    from policies.base import choose
-
-    rows = np.arange(q_true.shape[0])
-    total = 0.0
-    for lam in lams:
-        pick = choose(q_hat, c_hat, lam=float(lam))
-        total += float(np.sum(q_true[rows, pick] - lam * c_true[rows, pick]))
-    return total
-
-
 def _build_index(X: np.ndarray, kind: str, threads: int | None = None):
     from router.index import VectorIndex, VectorIndexError
 
@@ -324,6 +385,52 @@ def _build_index(X: np.ndarray, kind: str, threads: int | None = None):
     except VectorIndexError as exc:
         raise PolicyError(f"knn: cannot build the {kind!r} index: {exc}") from None
     return index
+
+
+def _load_index(path, info: dict[str, Any], kind: str):
+    """The artifact's saved index, checked against its recorded count, dim and checksum.
+
+    A missing, unreadable or mismatching index file is rebuilt from ``vectors.npy`` with a
+    warning; without usable vectors either, the artifact is broken (ArtifactError).
+    """
+    import logging
+    from pathlib import Path
+
+    from router.index import VectorIndex, VectorIndexError, vectors_checksum
+
+    log = logging.getLogger(__name__)
+    if path is None:
+        raise ArtifactError("knn: the index lives in the artifact directory; load with "
+                            "Policy.load(path)")
+    path = Path(path)
+    try:
+        n, dim, checksum = int(info["n"]), int(info["dim"]), str(info["checksum"])
+        index_file, vectors_file = path / info["file"], path / info["vectors"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"knn: bad index record in {path / 'config.json'}: {exc}") from None
+    problem = None
+    try:
+        index = VectorIndex.load(index_file)
+        if len(index) != n or index.dim != dim:
+            problem = (f"holds {len(index)} vectors of dimension {index.dim}, "
+                       f"expected {n} of dimension {dim}")
+        elif index.checksum() != checksum:
+            problem = "its vectors do not match the recorded checksum"
+    except VectorIndexError as exc:
+        problem = str(exc)
+    if problem is None:
+        return index
+    log.warning("knn: %s: %s; rebuilding the index from %s", index_file, problem,
+                vectors_file.name)
+    try:
+        X = np.load(vectors_file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"knn: {index_file}: {problem}, and {vectors_file} is "
+                            f"unreadable ({exc}); retrain with `router train`") from None
+    if X.shape != (n, dim) or vectors_checksum(X) != checksum:
+        raise ArtifactError(f"knn: {index_file}: {problem}, and {vectors_file} does not match "
+                            "the recorded checksum either; retrain with `router train`")
+    return _build_index(X, kind)
 
 
 def _search(train_X, query_X, k) -> tuple[np.ndarray, np.ndarray]:

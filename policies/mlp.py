@@ -5,6 +5,10 @@ binary cross-entropy, or MSE), with early stopping on a seeded validation split.
 come from a per-model ridge regression on the embedding (cost grows with prompt length),
 clipped to each model's observed range, or from the per-model train means.
 
+Both estimates are anchored on the query's inferred task (:mod:`policies._anchor`): the
+network's quality is shrunk toward the task's train means by ``shrink`` (picked on the
+validation split by routing utility), the cost likewise by ``cost_shrink``.
+
 Weights are kept and saved as numpy arrays and inference runs in numpy, so predictions
 after ``save``/``load`` are bit-identical and serving needs no torch.
 """
@@ -15,6 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from policies._anchor import (
+    TaskPrior,
+    anchor_meta,
+    blend,
+    blend_cost,
+    check_shrink,
+    pick_anchor,
+    set_anchor_state,
+)
 from policies._priors import encode_tasks, fill_cost, masked_col_mean, validation_split
 from policies.base import ArtifactError, Estimate, Policy, PolicyError
 
@@ -36,10 +49,14 @@ class MLPPolicy(Policy):
     loss: ``"bce"`` (graded targets in [0, 1] are fine) or ``"mse"``.
     cost_model: ``"ridge"`` (per-model ridge on the embedding) or ``"mean"``.
     threads: torch CPU threads used while training.
+    shrink, cost_shrink: how far estimates move from the inferred-task means toward the
+        network's / ridge's (0 = task means, 1 = raw), or ``"auto"`` (picked on the
+        validation split: utility for quality, squared error for cost).
     seed: seeds the split, the initialisation and the batch order.
     """
 
     name = "mlp"
+    artifact_version = 2  # 2: task anchor (anchor_* arrays, shrink / cost_shrink)
 
     def __init__(
         self,
@@ -54,6 +71,8 @@ class MLPPolicy(Policy):
         loss: str = "bce",
         cost_model: str = "ridge",
         threads: int = 1,
+        shrink: float | str = "auto",
+        cost_shrink: float | str = "auto",
         seed: int = 0,
     ) -> None:
         self.hidden = hidden
@@ -67,6 +86,8 @@ class MLPPolicy(Policy):
         self.loss = loss
         self.cost_model = cost_model
         self.threads = threads
+        self.shrink = shrink
+        self.cost_shrink = cost_shrink
         self.seed = seed
 
     # ---- parameters -----------------------------------------------------------------
@@ -115,6 +136,8 @@ class MLPPolicy(Policy):
         for ok, message in checks:
             if not ok:
                 raise PolicyError(f"mlp: {message}")
+        check_shrink("mlp", "shrink", self.shrink)
+        check_shrink("mlp", "cost_shrink", self.cost_shrink)
 
     # ---- fitting ----------------------------------------------------------------------
     def _fit(self, X, quality, cost, tasks) -> None:
@@ -127,7 +150,15 @@ class MLPPolicy(Policy):
         codes = None if tasks is None else encode_tasks(tasks, len(Z))[1]
         train, val = validation_split(len(Z), float(self.val_fraction), int(self.seed), codes)
         self.weights_, self.history_ = self._train(Z, quality, train, val, sizes)
-        self._fit_cost(Z, cost, train, val)
+        val_cost = self._fit_cost(Z, cost, train, val)
+        names, all_codes = encode_tasks(tasks, len(Z))
+        # the anchor's shrinkage is picked on the validation rows, priors from train rows
+        held = TaskPrior.fit(X[train], all_codes[train], names, quality[train], cost[train])
+        pq, pc = held.query(X[val])
+        self.shrink_, self.cost_shrink_, self.shrink_utility_ = pick_anchor(
+            self.shrink, self.cost_shrink, pq, self._network(Z[val]), pc, val_cost,
+            quality[val], cost[val])
+        self.anchor_ = TaskPrior.fit(X, all_codes, names, quality, cost)
 
     def _train(self, Z, quality, train, val, sizes):
         import torch
@@ -194,7 +225,8 @@ class MLPPolicy(Policy):
         self.best_epoch_ = int(np.argmin(history)) + 1
         return weights, [float(h) for h in history]
 
-    def _fit_cost(self, Z, cost, train, val) -> None:
+    def _fit_cost(self, Z, cost, train, val) -> np.ndarray:
+        """Fit the cost model; returns its predictions for the validation rows."""
         filled = fill_cost(cost)
         self.cost_mean_ = masked_col_mean(filled, 0.0)
         observed = ~np.isnan(cost)
@@ -206,8 +238,9 @@ class MLPPolicy(Policy):
         self.cost_W_ = np.zeros((Z.shape[1], m), dtype=np.float64)
         self.cost_b_ = self.cost_mean_.astype(np.float64).copy()
         self.ridge_alpha_ = None
+        best_pred = np.tile(self.cost_mean_, (len(val), 1))
         if self.cost_model == "mean" or np.all(self.cost_hi_ - self.cost_lo_ <= 0):
-            return  # every model has a constant cost: nothing to regress
+            return best_pred  # every model has a constant cost: nothing to regress
         Z64 = Z.astype(np.float64)
         scale = np.maximum(self.cost_mean_, 1e-12)
         best_alpha, best_err = RIDGE_GRID[0], np.inf
@@ -216,9 +249,10 @@ class MLPPolicy(Policy):
             pred = self._clip_cost(Z64[val] @ W + b)
             err = np.nanmean(((pred - cost[val]) / scale) ** 2)
             if err < best_err:
-                best_alpha, best_err = alpha, err
+                best_alpha, best_err, best_pred = alpha, err, pred
         self.ridge_alpha_ = float(best_alpha)
         self.cost_W_, self.cost_b_ = _ridge(Z64, cost, best_alpha)
+        return best_pred
 
     def _clip_cost(self, c: np.ndarray) -> np.ndarray:
         return np.clip(c, self.cost_lo_[None, :], self.cost_hi_[None, :])
@@ -226,6 +260,13 @@ class MLPPolicy(Policy):
     # ---- prediction -------------------------------------------------------------------
     def _predict(self, X, tasks, truth) -> Estimate:
         Z = ((X.astype(np.float64) - self.x_mean_) / self.x_scale_).astype(np.float32)
+        c = self._clip_cost(Z.astype(np.float64) @ self.cost_W_ + self.cost_b_)
+        pq, pc = self.anchor_.query(X)
+        return Estimate(blend(pq, self._network(Z), self.shrink_),
+                        blend_cost(pc, c, self.cost_shrink_))
+
+    def _network(self, Z: np.ndarray) -> np.ndarray:
+        """The network's raw quality estimates (n, m) for standardised embeddings."""
         h = Z
         n_layers = len(self.weights_) // 2
         for i in range(n_layers):
@@ -233,9 +274,7 @@ class MLPPolicy(Policy):
             h = h @ W.T + b
             if i < n_layers - 1:
                 h = np.maximum(h, 0)
-        q = 1.0 / (1.0 + np.exp(-h.astype(np.float64)))
-        c = self._clip_cost(Z.astype(np.float64) @ self.cost_W_ + self.cost_b_)
-        return Estimate(q, c)
+        return 1.0 / (1.0 + np.exp(-h.astype(np.float64)))
 
     # ---- artifacts --------------------------------------------------------------------
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -243,9 +282,10 @@ class MLPPolicy(Policy):
         arrays |= {
             "x_mean": self.x_mean_, "x_scale": self.x_scale_, "cost_W": self.cost_W_,
             "cost_b": self.cost_b_, "cost_mean": self.cost_mean_, "cost_lo": self.cost_lo_,
-            "cost_hi": self.cost_hi_,
+            "cost_hi": self.cost_hi_, **self.anchor_.arrays(),
         }
         meta = {
+            **anchor_meta(self),
             "n_weights": len(self.weights_),
             "ridge_alpha": self.ridge_alpha_,
             "best_epoch": getattr(self, "best_epoch_", None),
@@ -259,6 +299,7 @@ class MLPPolicy(Policy):
             for key in ("x_mean", "x_scale", "cost_W", "cost_b", "cost_mean", "cost_lo",
                         "cost_hi"):
                 setattr(self, f"{key}_", arrays[key])
+            set_anchor_state(self, arrays, meta)
         except KeyError as exc:
             raise ArtifactError(f"mlp: artifact lacks {exc}") from None
         self.ridge_alpha_ = meta.get("ridge_alpha")

@@ -48,6 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies._anchor import (
+    TaskPrior,
+    anchor_meta,
+    blend,
+    blend_cost,
+    check_shrink,
+    pick_anchor,
+    set_anchor_state,
+)
 from policies._contrastive import (
     Neighbourhood,
     ResidualHead,
@@ -65,6 +74,7 @@ from policies._contrastive import (
     stratified_folds,
     supcon_loss,
 )
+from policies._priors import encode_tasks
 from policies.base import ArtifactError, Estimate, Policy, PolicyError
 
 ENSEMBLES = ("folds", "final", "all")
@@ -97,11 +107,18 @@ class RouterDCPolicy(Policy):
     calib_folds, calib_l2: cross-fitting folds and ridge strength of the calibrators.
     ensemble: ``"folds"`` | ``"final"`` | ``"all"`` (see module doc).
     seed: seeds k-means, folds, initialisation and batches (deterministic on CPU).
-    threads: torch threads while fitting (None: leave torch's setting alone).
+    threads: torch threads while fitting (default 1: these small networks train fastest on
+        one thread, more threads mostly wait on each other, badly so on a busy machine;
+        None leaves torch's setting alone).
     finetune_encoder: must stay False (see module doc).
+    shrink, cost_shrink: how far the calibrated quality / the neighbours' cost move from the
+        inferred task's train means (0 = task means, 1 = raw; :mod:`policies._anchor`), or
+        ``"auto"``: picked on the out-of-fold estimates (utility with the one-SE rule for
+        quality, squared error for cost).
     """
 
     name = "routerdc"
+    artifact_version = 2  # 2: task anchor (anchor_* arrays, shrink / cost_shrink)
 
     def __init__(
         self,
@@ -123,8 +140,10 @@ class RouterDCPolicy(Policy):
         calib_l2: float = 1.0,
         seed: int = 0,
         ensemble: str = "folds",
-        threads: int | None = None,
+        threads: int | None = 1,
         finetune_encoder: bool = False,
+        shrink: float | str = "auto",
+        cost_shrink: float | str = "auto",
     ) -> None:
         self.embed_dim = embed_dim
         self.hidden = hidden
@@ -146,6 +165,8 @@ class RouterDCPolicy(Policy):
         self.ensemble = ensemble
         self.threads = threads
         self.finetune_encoder = finetune_encoder
+        self.shrink = shrink
+        self.cost_shrink = cost_shrink
 
     # ---- parameters ---------------------------------------------------------------------
     def _checked(self) -> dict[str, Any]:
@@ -185,6 +206,8 @@ class RouterDCPolicy(Policy):
                               f"{self.ensemble!r}")
         p["ensemble"] = self.ensemble
         p["seed"] = int(self.seed)
+        check_shrink(n, "shrink", self.shrink)
+        check_shrink(n, "cost_shrink", self.cost_shrink)
         return p
 
     # ---- training -----------------------------------------------------------------------
@@ -201,8 +224,10 @@ class RouterDCPolicy(Policy):
         clusters, _ = kmeans_labels(X, p["n_clusters"], p["seed"])
         folds = stratified_folds(groups, min(p["calib_folds"], n), p["seed"])
         nets: list[_Net] = []
+        names, codes = encode_tasks(tasks, n)
         if len(folds) >= 2:
             sims, priors = np.zeros(quality.shape), np.zeros(quality.shape)
+            anchor_q, anchor_c, local_c = (np.zeros(quality.shape) for _ in range(3))
             for f, held in enumerate(folds):
                 rest = np.setdiff1d(np.arange(n), held)
                 net = self._train_net(X[rest], quality[rest], clusters[rest], p,
@@ -210,17 +235,29 @@ class RouterDCPolicy(Policy):
                 nb = Neighbourhood(X[rest], groups[rest], n_groups, quality[rest], cost[rest],
                                    k=p["neighbours"])
                 sims[held] = net.similarities(X[held])
-                priors[held] = nb.query(X[held])[0] @ nb.group_quality
+                post, local_c[held] = nb.query(X[held])
+                priors[held] = post @ nb.group_quality
+                anchor_q[held], anchor_c[held] = TaskPrior.fit(
+                    X[rest], codes[rest], names, quality[rest], cost[rest]).query(X[held])
                 nets.append(net)
             self.calib_ = self._calibrate(sims, priors, quality, p["calib_l2"])
+            raw = self._calibrated(sims, priors)
+            self._pick_shrink(anchor_q, raw, anchor_c, local_c, quality, cost)
         else:  # a single training row: no held-out data, trust the prior
             self.calib_ = np.tile(np.array([0.0, 0.0, 1.0]), (m, 1))
+            self._pick_shrink(None, None, None, None, quality, cost)
         if p["ensemble"] != "folds" or not nets:
             final = self._train_net(X, quality, clusters, p, p["seed"])
             nets = [final] if p["ensemble"] == "final" or not nets else [*nets, final]
         self.nets_ = nets
         self.nb_ = Neighbourhood(X, groups, n_groups, quality, cost, k=p["neighbours"])
         self.n_groups_ = n_groups
+        self.anchor_ = TaskPrior.fit(X, codes, names, quality, cost)
+
+    def _pick_shrink(self, prior_q, raw_q, prior_c, raw_c, quality, cost) -> None:
+        """Anchor shrinkage (quality, cost) from the out-of-fold estimates, or as given."""
+        self.shrink_, self.cost_shrink_, self.shrink_utility_ = pick_anchor(
+            self.shrink, self.cost_shrink, prior_q, raw_q, prior_c, raw_c, quality, cost)
 
     def _train_net(self, X, quality, clusters, p, seed) -> _Net:
         m = quality.shape[1]
@@ -229,8 +266,9 @@ class RouterDCPolicy(Policy):
         with seeded(seed, p["threads"]):
             head = ResidualHead(X.shape[1], p["embed_dim"], p["hidden"], p["dropout"])
             llm = nn.Parameter(F.normalize(torch.randn(m, p["embed_dim"]), dim=-1))
+            # foreach: bit-identical updates to the per-tensor loop, fewer op dispatches
             opt = torch.optim.AdamW([*head.parameters(), llm], lr=p["lr"],
-                                    weight_decay=p["weight_decay"])
+                                    weight_decay=p["weight_decay"], foreach=True)
             xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
             observed = torch.from_numpy(~np.isnan(quality))
             qt = torch.from_numpy(np.nan_to_num(quality, nan=0.0).astype(np.float32))
@@ -280,13 +318,17 @@ class RouterDCPolicy(Policy):
             raise PolicyError(f"{self.name}: expected finite embeddings of shape (n, {self.dim_})")
         return np.mean([net.similarities(X) for net in self.nets_], axis=0)
 
+    def _calibrated(self, sims: np.ndarray, priors: np.ndarray) -> np.ndarray:
+        c = self.calib_
+        return sigmoid(c[None, :, 0] + c[None, :, 1] * sims + c[None, :, 2] * logit(priors))
+
     def _predict(self, X, tasks, truth) -> Estimate:
         sims = self.similarities(X)
         post, cost = self.nb_.query(X)
-        priors = post @ self.nb_.group_quality
-        c = self.calib_
-        q = sigmoid(c[None, :, 0] + c[None, :, 1] * sims + c[None, :, 2] * logit(priors))
-        return Estimate(quality=q, cost=cost)
+        q = self._calibrated(sims, post @ self.nb_.group_quality)
+        prior_q, prior_c = self.anchor_.query(X)
+        return Estimate(quality=blend(prior_q, q, self.shrink_),
+                        cost=blend_cost(prior_c, cost, self.cost_shrink_))
 
     # ---- artifacts ----------------------------------------------------------------------
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -296,7 +338,9 @@ class RouterDCPolicy(Policy):
             arrays[f"net{i}.llm"] = net.llm
         arrays["calibration"] = self.calib_
         arrays.update(self.nb_.arrays("nb_"))
-        return arrays, {"n_groups": self.n_groups_, "n_nets": len(self.nets_)}
+        arrays.update(self.anchor_.arrays())
+        return arrays, {"n_groups": self.n_groups_, "n_nets": len(self.nets_),
+                        **anchor_meta(self)}
 
     def _set_state(self, arrays, meta) -> None:
         p = self._checked()
@@ -316,6 +360,7 @@ class RouterDCPolicy(Policy):
             self.nb_ = Neighbourhood.from_arrays(arrays, "nb_", self.n_groups_, p["neighbours"],
                                                  1.0)
             self.calib_ = np.asarray(arrays["calibration"], dtype=np.float64)
+            set_anchor_state(self, arrays, meta)
         except KeyError as exc:
             raise ArtifactError(f"routerdc artifact lacks {exc}") from None
         if self.calib_.shape != (m, 3) or not nets:

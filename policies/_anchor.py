@@ -1,0 +1,211 @@
+"""Task anchoring shared by the learned policies: shrink per-prompt estimates toward the
+mean of the query's *inferred* task, by an amount chosen on held-out training rows.
+
+Within a task, a prompt embedding often says little about which model answers it, so a
+learned estimate is mostly noise around the task's means. Every learned policy therefore
+estimates ``quality = prior + shrunk residual``:
+
+* the prior is the train mean of the query's inferred task (a hard vote of its nearest
+  training prompts' task labels, :func:`task_vote`; never the query's own label), so a
+  policy with no per-prompt signal routes exactly like ``task-static``;
+* the residual is the policy's raw estimate minus the prior in logit space, scaled by
+  ``shrink`` in [0, 1] (:func:`blend`): 0 is the prior, 1 the raw estimate;
+* ``shrink`` is picked by realised routing utility over a lam grid on out-of-fold or
+  validation rows (:func:`pick`), with the one-standard-error rule: the most shrunk
+  candidate whose utility is within one paired standard error of the best. Noise in the
+  held-out rows thus falls back toward the prior instead of chasing it.
+
+Costs are blended the same way (:func:`pick_cost`), by relative squared error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policies._priors import TaskTable, fill_cost
+from policies.base import PolicyError
+
+SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+TASK_VOTE_K = 10  # nearest training prompts that vote on a query's task
+_CLIP = 1e-3
+
+
+def task_vote(neighbour_codes: np.ndarray, n_tasks: int, k: int = TASK_VOTE_K) -> np.ndarray:
+    """One-hot inferred task (n, t) from the task codes of each query's nearest training
+    prompts (n, >= 1), best first; -1 marks a missing neighbour. Ties go to the nearer one."""
+    codes = np.asarray(neighbour_codes, dtype=np.int64)[:, :k]
+    n = codes.shape[0]
+    valid = codes >= 0
+    # votes, with a tiny bonus for rank so ties go to the nearest neighbour's task
+    weight = valid * (1.0 + 1e-3 * 0.5 ** np.arange(codes.shape[1]))[None, :]
+    votes = np.zeros((n, max(n_tasks, 1)))
+    np.add.at(votes, (np.repeat(np.arange(n), codes.shape[1]), np.where(valid, codes, 0).ravel()),
+              weight.ravel())
+    return np.eye(max(n_tasks, 1))[votes.argmax(axis=1)]
+
+
+class TaskPrior:
+    """Inferred-task means for query embeddings: a hard vote of the ``k`` nearest training
+    prompts (cosine) picks the task; its train mean quality and cost are the prior."""
+
+    def __init__(self, X: np.ndarray, codes: np.ndarray, table: TaskTable,
+                 k: int = TASK_VOTE_K) -> None:
+        self.X = _unit(X)
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self.table = table
+        self.k = int(k)
+
+    @classmethod
+    def fit(cls, X, codes, names, quality, cost, k: int = TASK_VOTE_K) -> TaskPrior:
+        return cls(X, codes, TaskTable.fit(quality, fill_cost(cost), codes, names), k)
+
+    def query(self, Xq: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """(prior quality, prior cost), each (n, m)."""
+        k = min(self.k, len(self.X))
+        Xq = _unit(Xq)
+        onehot = []
+        for start in range(0, len(Xq), chunk):
+            s = Xq[start : start + chunk] @ self.X.T
+            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
+            ids = np.take_along_axis(part, order, axis=1)
+            onehot.append(task_vote(self.codes[ids], len(self.table.names), k))
+        post = np.concatenate(onehot) if onehot else np.zeros((0, len(self.table.names)))
+        return post @ self.table.quality, post @ self.table.cost
+
+    def arrays(self, prefix: str = "anchor_") -> dict[str, np.ndarray]:
+        return {f"{prefix}X": self.X, f"{prefix}codes": self.codes,
+                **self.table.arrays(f"{prefix}task_")}
+
+    @classmethod
+    def from_arrays(cls, arrays, names, prefix: str = "anchor_") -> TaskPrior:
+        return cls(arrays[f"{prefix}X"], arrays[f"{prefix}codes"],
+                   TaskTable.from_arrays(arrays, list(names), f"{prefix}task_"))
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    return np.ascontiguousarray(X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _CLIP, 1.0 - _CLIP)
+    return np.log(p / (1.0 - p))
+
+
+def blend(prior: np.ndarray, raw: np.ndarray, shrink: float) -> np.ndarray:
+    """``prior`` moved toward ``raw`` by ``shrink`` in logit space; exactly ``prior`` at 0."""
+    if shrink <= 0:
+        return np.asarray(prior, dtype=np.float64).copy()
+    lp = _logit(prior)
+    moved = 1.0 / (1.0 + np.exp(-(lp + shrink * (_logit(raw) - lp))))
+    # add the move to the unclipped prior so tiny/huge priors stay exact where raw agrees
+    return np.clip(prior + moved - np.clip(prior, _CLIP, 1.0 - _CLIP), 0.0, 1.0)
+
+
+def blend_cost(prior: np.ndarray, raw: np.ndarray, shrink: float) -> np.ndarray:
+    """Linear blend of per-prompt cost estimates toward the inferred-task mean cost."""
+    return np.asarray(prior, dtype=np.float64) + shrink * (np.asarray(raw) - prior)
+
+
+def lam_grid(cost: np.ndarray, points: int = 12) -> np.ndarray:
+    """0 plus log-spaced lam from where the dearest model's cost weighs 0.01 quality to
+    where the cheapest model's cost outweighs any quality gap (the whole trade-off)."""
+    means = np.nanmean(np.asarray(cost, dtype=np.float64), axis=0)
+    pos = means[np.isfinite(means) & (means > 0)]
+    if pos.size == 0 or np.ptp(means) <= 0:
+        return np.array([0.0])
+    return np.concatenate(([0.0], np.geomspace(1e-2 / pos.max(), 1.0 / pos.min(), points)))
+
+
+def row_utility(q_hat, c_hat, q_true, c_true, lams) -> np.ndarray:
+    """(n,) realised quality - lam * cost of the chosen models, averaged over ``lams``,
+    each lam's term scaled by 1 / (1 + lam * median model cost) so no lam dominates.
+    Missing truth counts as quality 0 and the model's mean cost (as in evaluation)."""
+    q_true = np.nan_to_num(q_true, nan=0.0)
+    c_true = np.where(np.isnan(c_true), np.nanmean(c_true, axis=0)[None, :], c_true)
+    c_true = np.nan_to_num(c_true, nan=0.0)
+    scale = float(np.median(np.nanmean(c_true, axis=0)))
+    lams = np.asarray(lams, dtype=np.float64)
+    q_hat, c_hat = np.asarray(q_hat, np.float64), np.asarray(c_hat, np.float64)
+    # choose()'s rule (argmax of q - lam * c, ties to the cheaper model) for all lams at once
+    score = q_hat[None] - lams[:, None, None] * c_hat[None]
+    best = score.max(axis=2, keepdims=True)
+    tied = score >= best - 1e-12 * np.maximum(1.0, np.abs(best))
+    pick = np.where(tied, c_hat[None], np.inf).argmin(axis=2)  # (L, n)
+    rows = np.arange(q_true.shape[0])[None, :]
+    gain = q_true[rows, pick] - lams[:, None] * c_true[rows, pick]
+    return (gain / (1.0 + lams[:, None] * scale)).mean(axis=0)
+
+
+def one_se(utilities: np.ndarray) -> int:
+    """Index of the first column (candidates ordered most-shrunk first) whose mean row
+    utility is within one paired standard error of the best column's."""
+    U = np.asarray(utilities, dtype=np.float64)
+    best = int(np.argmax(U.mean(axis=0)))
+    n = U.shape[0]
+    for j in range(U.shape[1]):
+        diff = U[:, best] - U[:, j]
+        se = diff.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+        if diff.mean() <= se + 1e-12:
+            return j
+    return best
+
+
+def pick(prior, raw, cost_hat, q_true, c_true, grid=SHRINK_GRID) -> tuple[float, list[float]]:
+    """Quality shrink from ``grid`` (ascending) by held-out utility with the 1-SE rule;
+    returns it with each candidate's mean utility."""
+    lams = lam_grid(c_true)
+    q_true = np.where(np.isnan(q_true), prior, q_true)  # unobserved: the task mean, not 0
+    U = np.column_stack([row_utility(blend(prior, raw, s), cost_hat, q_true, c_true, lams)
+                         for s in grid])
+    return float(grid[one_se(U)]), U.mean(axis=0).tolist()
+
+
+def pick_cost(prior, raw, c_true, grid=SHRINK_GRID) -> float:
+    """Cost shrink from ``grid`` minimising squared error relative to each model's mean."""
+    obs = ~np.isnan(c_true)
+    scale = np.maximum(np.nanmean(np.where(obs, c_true, np.nan), axis=0), 1e-12)
+    errs = [np.sum(np.where(obs, (blend_cost(prior, raw, s) - np.nan_to_num(c_true)) / scale,
+                            0.0) ** 2) for s in grid]
+    return float(grid[int(np.argmin(errs))])
+
+
+def check_shrink(policy: str, what: str, value: object) -> None:
+    """``"auto"`` or a number in [0, 1], else a PolicyError naming the parameter."""
+    if isinstance(value, str) and value == "auto":
+        return
+    try:
+        ok = 0.0 <= float(value) <= 1.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PolicyError(f"{policy}: {what} must be 'auto' or a number in [0, 1], got {value!r}")
+
+
+def pick_anchor(shrink, cost_shrink, prior_q, raw_q, prior_c, raw_c, quality, cost):
+    """(shrink, cost_shrink, utilities): the given values, or ``"auto"`` ones picked on
+    held-out estimates (cost first, by squared error; then quality, by utility). With no
+    held-out estimates (``prior_q`` None), ``"auto"`` means the task means (0)."""
+    auto_q, auto_c = shrink == "auto", cost_shrink == "auto"
+    if prior_q is None:
+        return (0.0 if auto_q else float(shrink)), (0.0 if auto_c else float(cost_shrink)), []
+    cs = pick_cost(prior_c, raw_c, cost) if auto_c else float(cost_shrink)
+    if not auto_q:
+        return float(shrink), cs, []
+    s, utility = pick(prior_q, raw_q, blend_cost(prior_c, raw_c, cs), quality, cost)
+    return s, cs, utility
+
+
+def anchor_meta(policy) -> dict:
+    """The fitted anchor's JSON state (with the arrays of ``policy.anchor_.arrays()``)."""
+    return {"tasks": policy.anchor_.table.names, "shrink": policy.shrink_,
+            "cost_shrink": policy.cost_shrink_, "shrink_utility": policy.shrink_utility_}
+
+
+def set_anchor_state(policy, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Restore what :func:`anchor_meta` and ``TaskPrior.arrays`` saved (KeyError if absent)."""
+    policy.anchor_ = TaskPrior.from_arrays(arrays, meta["tasks"])
+    policy.shrink_ = float(meta["shrink"])
+    policy.cost_shrink_ = float(meta["cost_shrink"])
+    policy.shrink_utility_ = list(meta.get("shrink_utility", []))
