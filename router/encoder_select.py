@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CHOICES = ("auto", "artifact", "torch", "onnx", "onnx-int8")
 #: runtimes of one sentence-transformers model (interchangeable vectors)
 SAME_MODEL_BACKENDS = frozenset({"torch", "onnx", "onnx-int8"})
+ONNX_BACKENDS = frozenset({"onnx", "onnx-int8"})
 #: models whose int8 ONNX export keeps routing accuracy (measured)
 INT8_VALIDATED = frozenset({DEFAULT_MODEL})
 
@@ -90,8 +91,10 @@ def backend_plan(model_key: str, trained: str, choice: str = "auto",
 
 def serving_encoder(cfg: dict[str, Any] | None, choice: str = "auto",
                     device: str | None = None, expected_dim: int | None = None,
-                    **overrides: Any) -> Encoder:
+                    threads: int | None = None, **overrides: Any) -> Encoder:
     """The loaded encoder serving vectors compatible with an artifact's ``cfg``.
+
+    ``threads``: intra-op threads of an ONNX runtime (None: the backend's default, 1).
 
     Raises :class:`EncoderMismatchError` when the artifact's dimension does not match,
     and :class:`~router.encoder.EncoderError` when no candidate backend loads.
@@ -104,19 +107,21 @@ def serving_encoder(cfg: dict[str, Any] | None, choice: str = "auto",
         device is None or str(device).startswith("cuda"))
     plan = backend_plan(model_key, trained, choice, device,
                         cuda=gpu_probe and cuda_present(), ort_cuda=gpu_probe and ort_has_cuda())
-    return first_loading(cfg, plan, want_dim, **overrides)
+    return first_loading(cfg, plan, want_dim, threads=threads, **overrides)
 
 
 def first_loading(cfg: dict[str, Any], plan: Sequence[tuple[str, str | None]],
-                  want_dim: int | None, **overrides: Any) -> Encoder:
+                  want_dim: int | None, threads: int | None = None,
+                  **overrides: Any) -> Encoder:
     """Load the plan's candidates in order; the first that loads and fits is returned."""
     trained = str(cfg.get("backend", "torch"))
     base = {k: v for k, v in cfg.items() if k != "dim"}
     errors: list[str] = []
     for i, (backend, dev) in enumerate(plan):
-        spec = {**base, "backend": backend,
-                "backend_options": dict(cfg.get("backend_options") or {})
-                if backend == trained else {}}
+        options = dict(cfg.get("backend_options") or {}) if backend == trained else {}
+        if threads is not None and backend in ONNX_BACKENDS:
+            options["threads"] = int(threads)
+        spec = {**base, "backend": backend, "backend_options": options}
         try:
             enc = Encoder.from_config(spec, device=dev, **overrides)
             dim = enc.backend.dim  # load now: export/compile at start, not on a request

@@ -337,6 +337,11 @@ def _length_chunks(lengths: Sequence[int], batch_size: int, slack: float = 0.25,
     return chunks
 
 
+def default_threads() -> int:
+    """Intra-op threads when none are given: two where the machine has them."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 class OnnxBackend:
     """Sentence embeddings with onnxruntime and the Rust tokenizer.
 
@@ -348,8 +353,10 @@ class OnnxBackend:
     max_seq_length: tokens per text incl. special tokens (default: the model's, 256 for
         all-MiniLM-L6-v2); shorter is faster on long prompts.
     quantize: run the int8 model (see the module docstring).
-    threads: onnxruntime intra-op threads (default 1: lowest single-query latency on a small,
-        shared CPU; use 2+ for big batches on idle cores).
+    threads: onnxruntime intra-op threads (default ``min(2, cores)``: measured on 2 cores,
+        a lone short prompt encodes in 3.3 ms on 2 threads against 3.7 ms on 1, and a
+        test-set prompt in 10.4 against 14.8 ms, while micro-batched throughput at 64
+        callers drops ~12%; set 1 to favour throughput).
     batch_size: texts per forward pass inside :meth:`encode_batch` (sorted by length).
     lru_size: recently encoded texts kept in memory (0 disables).
     cache_dir: where the exported files live (see :func:`default_onnx_cache_dir`).
@@ -403,7 +410,7 @@ class OnnxBackend:
 
         providers, self.device = _providers(device)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or 1)
+        opts.intra_op_num_threads = int(threads or default_threads())
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

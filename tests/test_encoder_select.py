@@ -22,6 +22,7 @@ from router.encoder_select import (
     first_loading,
     serving_encoder,
 )
+from router.fast_encoder import default_threads
 from router.proxy.config import ConfigError, parse_config
 from router.proxy.routing import hashing_encoder_config, load_encoder
 
@@ -124,10 +125,27 @@ def test_auto_serves_int8_that_agrees_with_the_training_encoder():
     ref = trained.encode(PROMPTS)
     enc = serving_encoder(trained.config(), "auto", expected_dim=ref.shape[1], use_cache=False)
     assert enc.backend_name == "onnx-int8" and enc.loaded and enc.device == "cpu"
+    assert enc.backend.threads == default_threads()
     cos = (enc.encode(PROMPTS) * ref).sum(axis=1)
     assert cos.min() >= 0.99, cos
     # one-token texts agree less under int8 (~0.988 measured; see test_fast_encoder)
     assert float(enc.encode_one("hi") @ trained.encode_one("hi")) >= 0.97
+
+
+@pytest.mark.slow
+def test_encoder_threads_reach_the_onnx_session_from_the_gateway_config():
+    base = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m"}}]}
+    with pytest.raises(ConfigError, match="encoder_threads"):
+        parse_config({**base, "routing": {"encoder_threads": 0}})
+    threads = parse_config({**base, "routing": {"encoder_threads": 1}}).routing.encoder_threads
+    trained = Encoder(use_cache=False).config()
+    for choice in ("auto", "onnx"):
+        enc = load_encoder(trained, choice, use_cache=False, threads=threads)
+        assert enc.backend.threads == 1, choice
+    # "artifact" serves the recorded runtime: the option reaches an ONNX-trained one
+    onnx_cfg = {**trained, "backend": "onnx"}
+    enc = load_encoder(onnx_cfg, "artifact", use_cache=False, threads=threads)
+    assert enc.backend.threads == 1
 
 
 @pytest.mark.slow

@@ -106,7 +106,8 @@ def load_policies(cfg: GatewayConfig, artifact: str | None = None
         if key not in encoders:
             try:
                 encoders[key] = load_encoder(enc_cfg, r.encoder_backend, policy.dim_,
-                                             device=r.encoder_device, use_cache=False)
+                                             device=r.encoder_device, use_cache=False,
+                                             threads=r.encoder_threads)
             except ValueError as exc:  # EncoderError: no runtime loads, or a mismatch
                 raise ConfigError(f"routing: encoder ({r.encoder_backend}): {exc}") from None
         return encoders[key]

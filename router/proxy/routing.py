@@ -92,14 +92,18 @@ def load_encoder(cfg: dict[str, Any] | None, backend: str = "artifact",
     the artifact's dimension and ``expected_dim``).
     """
     from router.encoder import Encoder
-    from router.encoder_select import serving_encoder
+    from router.encoder_select import ONNX_BACKENDS, serving_encoder
 
     _register_hashing()
+    threads = overrides.pop("threads", None)
     if backend == "artifact":
+        if cfg and threads is not None and cfg.get("backend") in ONNX_BACKENDS:
+            cfg = {**cfg, "backend_options": {**(cfg.get("backend_options") or {}),
+                                              "threads": int(threads)}}
         return Encoder.from_config(dict(cfg), **overrides) if cfg else Encoder(**overrides)
     device = overrides.pop("device", None)
     return serving_encoder(cfg, backend, device=device, expected_dim=expected_dim,
-                           **overrides)
+                           threads=threads, **overrides)
 
 
 # ---- model names --------------------------------------------------------------------
