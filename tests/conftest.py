@@ -26,6 +26,17 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module")
+def upstream():
+    """A local OpenAI-compatible upstream per test module (modules needing other latency or
+    fault settings define their own ``upstream``)."""
+    from tests.upstream import UpstreamServer
+
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,14 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.upstream import MATH, POEM, GatewayServer, UpstreamServer, gateway_config, tiny_artifact
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
+from tests.upstream import MATH, POEM, GatewayServer, gateway_config, tiny_artifact
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.upstream import MATH, GatewayServer, UpstreamServer, gateway_config, linucb_artifact
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
+from tests.upstream import MATH, GatewayServer, gateway_config, linucb_artifact
 
 
 @pytest.fixture(scope="module")

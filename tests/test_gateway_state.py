@@ -11,16 +11,9 @@ import pytest
 import yaml
 
 from router.cli import main as router_main
-from tests.upstream import MATH, POEM, GatewayServer, UpstreamServer, gateway_config, tiny_artifact
+from tests.upstream import MATH, POEM, GatewayServer, gateway_config, tiny_artifact
 
 KEY = "sk-state-test-key"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,6 @@ BANDIT = "costroute:bandit:linucb"
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
     return linucb_artifact(tmp_path_factory.mktemp("art") / "linucb")
 
