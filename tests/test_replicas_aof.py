@@ -25,7 +25,6 @@ from tests.test_replicas import (  # noqa: F401 (module fixtures)
     feedback,
     http,
     route,
-    upstream,
     wait_for,
 )
 from tests.upstream import MATH
