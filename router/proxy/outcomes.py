@@ -15,13 +15,14 @@ posted to any replica and is claimed once across all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,11 +86,16 @@ class OutcomeLogger:
         if fut is None:
             return True
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+            # shield: a timeout or a cancelled handler must not cancel the writer's future
+            ok = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
         except TimeoutError:
             log.warning("outcome of %s not stored within %.1f s; answering anyway",
                         request_id, timeout)
             return False
+        if not ok:
+            log.warning("outcome of %s could not be stored (store and disk buffer failed); "
+                        "answering anyway", request_id)
+        return bool(ok)
 
     @property
     def queued(self) -> int:
@@ -121,8 +127,9 @@ class OutcomeLogger:
                     self._before_write()
                 ok = self._write([e for e, _ in batch])
                 for _, fut in batch:
-                    if fut is not None:
-                        fut.set_result(ok)
+                    if fut is not None and not fut.done():
+                        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                            fut.set_result(ok)
             with self._done:
                 self._inflight = 0
                 self._done.notify_all()
