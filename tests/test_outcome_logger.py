@@ -6,7 +6,9 @@ import asyncio
 import threading
 import time
 
-from router.proxy.outcomes import OutcomeLogger
+import pytest
+
+from router.proxy.outcomes import FeedbackCache, FeedbackContext, OutcomeLogger
 from router.state.outcome_store import SQLiteOutcomeStore
 
 
@@ -66,3 +68,26 @@ def test_a_cancelled_handler_does_not_kill_the_writer(tmp_path):
         assert logger.alive and store.count() == 2
     finally:
         logger.close()
+
+
+@pytest.mark.redis
+def test_feedback_claimed_during_an_outage_is_not_accepted_again_after_it(redis_factory):
+    """A context already in Redis, claimed from the local cache while Redis was down, is
+    refused once Redis is back (same replica) instead of updating the policy twice."""
+    from router.state.feedback_store import RedisFeedbackStore
+
+    server = redis_factory(aof=True).start()
+    store = RedisFeedbackStore(server.url, ttl_seconds=60)
+    cache = FeedbackCache(100, shared=store)
+    ctx = FeedbackContext(policy=None, policy_model=None, backend="cheap", embedding=None,
+                          cost=0.001)
+    cache.put("r1", ctx)
+    cache.flush_shared()  # the context reaches Redis (unclaimed there)
+    server.stop()
+    assert cache.claim("r1") is ctx  # outage: the local context serves, once
+    assert cache.claim("r1") is False
+    server.start()  # same directory and port: the AOF brings the context back
+    assert store.claim("r2") is None  # Redis answers again
+    assert cache.claim("r1") is False
+    assert cache.claim("unknown") is None
+    store.close()

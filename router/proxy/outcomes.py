@@ -278,9 +278,11 @@ class FeedbackCache:
                     return None
                 with self._lock:
                     local = self._d.get(request_id)
+                    # claimed here during an outage, after the context reached Redis
+                    claimed_locally = local is not None and local.used
                     if local is not None:
                         local.used = True
-                if res == CLAIMED_BEFORE:
+                if res == CLAIMED_BEFORE or claimed_locally:
                     return False
                 assert isinstance(res, dict)
                 return FeedbackContext(used=True, **res)
