@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from policies.linucb import LinUCBPolicy
-from router.state.bandit_store import BanditStoreError, EmbeddedBanditStore, RedisBanditStore
+from router.state.bandit_store import (
+    BanditState,
+    BanditStoreError,
+    EmbeddedBanditStore,
+    RedisBanditStore,
+)
 from tests.test_bandit_linucb import MODELS, synthetic
 
 pytestmark = pytest.mark.redis
@@ -161,3 +166,34 @@ def test_unreachable_redis_is_a_clear_error():
     store = RedisBanditStore(f"redis://127.0.0.1:{free_port()}/0", "t:none")
     with pytest.raises(BanditStoreError, match="unreachable"):
         fitted().attach_store(store)
+
+
+def test_a_stale_outage_buffer_from_another_artifact_does_not_block_start(redis_server, tmp_path,
+                                                                          caplog):
+    """Buffered outcomes written by an artifact with other arms/dims (a redeploy after a
+    crash during an outage) are dropped with a warning; the fitting ones are pushed."""
+    import logging
+
+    from router.proxy.bandit import ResilientBanditStore
+    from router.state.outcome_store import DiskBuffer
+
+    m, d = 3, 4
+    state = BanditState.from_ridge(np.tile(np.eye(d), (m, 1, 1)), np.zeros((m, d)),
+                                   np.zeros(m), np.zeros(m), np.zeros(m))
+    path = tmp_path / "bandit-linucb-pending.jsonl"
+    DiskBuffer(path).append([
+        {"a": 1, "z": [0.1, 0.2, 0.3, 0.4], "r": 1.0, "c": 0.01},  # fits
+        {"a": 5, "z": [0.1, 0.2, 0.3, 0.4], "r": 1.0, "c": 0.01},  # no such arm
+        {"a": 0, "z": [0.1, 0.2], "r": 0.0, "c": 0.01},  # other dimension
+        {"a": 0},  # malformed
+    ])
+    store = ResilientBanditStore(RedisBanditStore(redis_server.url, "t:stale"),
+                                 buffer_path=path)
+    with caplog.at_level(logging.WARNING):
+        store.initialize(state)
+    assert "dropping 2 of 3 buffered bandit outcomes" in caplog.text
+    assert "malformed" in caplog.text
+    assert store.healthy and store.version() == 1
+    counts = store.state().counts
+    assert int(counts.sum()) == 1 and int(counts[1]) == 1
+    assert len(DiskBuffer(path)) == 0  # pushed, buffer emptied

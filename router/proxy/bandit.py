@@ -45,8 +45,13 @@ class ResilientBanditStore:
         self._needs_init = None  # the prior to seed the primary with, if it was down at start
         self.buffer = None if buffer_path is None else DiskBuffer(buffer_path)
         if self.buffer is not None:  # outcomes of an outage this replica did not survive
-            self._pending = [(int(e["a"]), np.asarray(e["z"], dtype=np.float64),
-                              float(e["r"]), float(e["c"])) for e in self.buffer.read()]
+            for e in self.buffer.read():
+                try:
+                    self._pending.append((int(e["a"]), np.asarray(e["z"], dtype=np.float64),
+                                          float(e["r"]), float(e["c"])))
+                except (KeyError, TypeError, ValueError):
+                    log.warning("skipping a malformed buffered bandit outcome in %s",
+                                buffer_path)
 
     @property
     def healthy(self) -> bool:
@@ -85,8 +90,21 @@ class ResilientBanditStore:
         self._local = None
 
     # ---- BanditStore interface --------------------------------------------------------
+    def _keep_fitting(self, state) -> None:
+        """Drop buffered outcomes that do not fit ``state`` (e.g. written by an artifact with
+        other models or dimensions before a redeploy), with a warning, instead of failing."""
+        arms, dim = np.asarray(state.b).shape
+        fits = [p for p in self._pending if 0 <= p[0] < arms and p[1].shape == (dim,)
+                and np.isfinite(p[1]).all() and np.isfinite(p[2:]).all()]
+        if len(fits) != len(self._pending):
+            log.warning("dropping %d of %d buffered bandit outcomes that do not fit this "
+                        "artifact (%d arms, %d dims)", len(self._pending) - len(fits),
+                        len(self._pending), arms, dim)
+            self._pending = fits
+
     def initialize(self, state):
         with self._lock:
+            self._keep_fitting(state)
             try:
                 self._last = self.primary.initialize(state)
                 if self._pending:  # buffered by an earlier run during an outage
