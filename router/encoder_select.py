@@ -94,7 +94,8 @@ def serving_encoder(cfg: dict[str, Any] | None, choice: str = "auto",
                     threads: int | None = None, **overrides: Any) -> Encoder:
     """The loaded encoder serving vectors compatible with an artifact's ``cfg``.
 
-    ``threads``: intra-op threads of an ONNX runtime (None: the backend's default, 1).
+    ``threads``: intra-op threads of an ONNX runtime (None: the backend's default,
+    ``min(2, cores)``, :func:`router.fast_encoder.default_threads`).
 
     Raises :class:`EncoderMismatchError` when the artifact's dimension does not match,
     and :class:`~router.encoder.EncoderError` when no candidate backend loads.

@@ -91,3 +91,29 @@ def test_feedback_claimed_during_an_outage_is_not_accepted_again_after_it(redis_
     assert cache.claim("r1") is False
     assert cache.claim("unknown") is None
     store.close()
+
+
+@pytest.mark.redis
+def test_a_refusing_redis_is_unavailable_not_a_crash(redis_server):
+    """Redis answering with an error (here out of memory) reads as unavailable, so the
+    gateway falls back to local contexts instead of answering feedback with a 500."""
+    from router.state import redis_client
+    from router.state.feedback_store import RedisFeedbackStore, encode_context
+    from router.state.outcome_store import StoreUnavailable
+
+    store = RedisFeedbackStore(redis_server.url, ttl_seconds=60)
+    store.put_many([("r1", encode_context(None, None, "cheap", None, 0.001))])
+    admin = redis_client(redis_server.url)
+    admin.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
+            store.claim("r1")
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
+            store.put_many([("r2", encode_context(None, None, "cheap", None, 0.001))])
+        cache = FeedbackCache(10, shared=store)
+        ctx = FeedbackContext(None, None, "cheap", None, 0.001)
+        cache.put("r3", ctx)
+        assert cache.claim("r3") is ctx  # local fallback
+    finally:
+        admin.config_set("maxmemory", 0)
+        store.close()

@@ -90,7 +90,7 @@ class RedisFeedbackStore:
                 pipe.hset(self._key(rid), mapping=fields)
                 pipe.pexpire(self._key(rid), self.ttl_ms)
             pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.RedisError, OSError) as exc:  # down, or refusing (OOM, READONLY)
             raise self._unavailable(exc) from exc
 
     def claim(self, request_id: str) -> dict[str, Any] | str | None:
@@ -99,7 +99,7 @@ class RedisFeedbackStore:
 
         try:
             res = self._claim(keys=[self._key(request_id)])
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.RedisError, OSError) as exc:  # down, or refusing (OOM, READONLY)
             raise self._unavailable(exc) from exc
         if res is None:
             return None
