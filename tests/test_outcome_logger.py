@@ -78,7 +78,7 @@ def test_feedback_claimed_during_an_outage_is_not_accepted_again_after_it(redis_
 
     server = redis_factory(aof=True).start()
     store = RedisFeedbackStore(server.url, ttl_seconds=60)
-    cache = FeedbackCache(100, shared=store)
+    cache = FeedbackCache(100, shared=store, retry_seconds=0.0)
     ctx = FeedbackContext(policy=None, policy_model=None, backend="cheap", embedding=None,
                           cost=0.001)
     cache.put("r1", ctx)
@@ -117,3 +117,25 @@ def test_a_refusing_redis_is_unavailable_not_a_crash(redis_server):
     finally:
         admin.config_set("maxmemory", 0)
         store.close()
+
+
+@pytest.mark.redis
+def test_an_unreachable_shared_store_is_not_retried_on_every_batch(redis_server):
+    from router.state.feedback_store import RedisFeedbackStore
+    from router.state.outcome_store import StoreUnavailable
+
+    store = RedisFeedbackStore(redis_server.url, ttl_seconds=60)
+    cache = FeedbackCache(10, shared=store, retry_seconds=60.0)
+    ctx = FeedbackContext(None, None, "cheap", None, 0.001)
+    cache.put("r1", ctx)
+    redis_server.stop()
+    with pytest.raises(StoreUnavailable):
+        cache.flush_shared()
+    cache.flush_shared()  # within the retry window: not tried, nothing raised
+    assert cache.pending() == 1  # still queued for when Redis answers
+    redis_server.start()
+    assert cache.claim("r1") is ctx  # window still open: the local context answers
+    cache.retry_seconds, cache._retry_at = 0.0, 0.0
+    cache.flush_shared()
+    assert cache.pending() == 0 and store.claim("r1") is not None  # reached Redis
+    store.close()

@@ -206,7 +206,8 @@ class FeedbackCache:
     """
 
     def __init__(self, size: int = 50_000, shared: Any = None,
-                 online: set[str] | frozenset[str] = frozenset()) -> None:
+                 online: set[str] | frozenset[str] = frozenset(),
+                 retry_seconds: float = 1.0) -> None:
         self.size = size
         self.shared = shared
         self.online = set(online)
@@ -214,6 +215,8 @@ class FeedbackCache:
         self._pending: OrderedDict[str, FeedbackContext] = OrderedDict()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self.retry_seconds = retry_seconds
+        self._retry_at = 0.0
 
     def put(self, request_id: str, ctx: FeedbackContext) -> None:
         if self.size <= 0:
@@ -236,21 +239,30 @@ class FeedbackCache:
             return len(self._pending)
 
     def flush_shared(self) -> None:
-        """Write queued contexts to the shared store (kept queued if it is unreachable)."""
-        if self.shared is None:
+        """Write queued contexts to the shared store (kept queued if it is unreachable).
+
+        After a failure the store is not tried again for ``retry_seconds``, so a hung Redis
+        (each attempt waits for the socket timeout) does not stall every outcome batch.
+        """
+        if self.shared is None or time.monotonic() < self._retry_at:
             return
         from router.state.feedback_store import encode_context
+        from router.state.outcome_store import StoreUnavailable
 
         with self._flush_lock:
             with self._lock:
                 items = list(self._pending.items())
             if not items:
                 return
-            self.shared.put_many([
-                (rid, encode_context(c.policy, c.policy_model, c.backend,
-                                     c.embedding if c.policy in self.online else None, c.cost,
-                                     used=c.used))
-                for rid, c in items])
+            try:
+                self.shared.put_many([
+                    (rid, encode_context(c.policy, c.policy_model, c.backend,
+                                         c.embedding if c.policy in self.online else None,
+                                         c.cost, used=c.used))
+                    for rid, c in items])
+            except StoreUnavailable:
+                self._retry_at = time.monotonic() + self.retry_seconds
+                raise
             with self._lock:
                 for rid, ctx in items:
                     if self._pending.get(rid) is ctx:
@@ -259,9 +271,10 @@ class FeedbackCache:
     def claim(self, request_id: str) -> FeedbackContext | None | bool:
         """The context, marked used; ``False`` if feedback was already given; None if unknown.
 
-        Blocking (a Redis round trip) when the cache is shared.
+        Blocking (a Redis round trip) when the cache is shared; within ``retry_seconds`` of
+        a failed round trip the local contexts answer without trying Redis.
         """
-        if self.shared is not None:
+        if self.shared is not None and time.monotonic() >= self._retry_at:
             from router.state.feedback_store import CLAIMED_BEFORE
             from router.state.outcome_store import StoreUnavailable
 
@@ -272,6 +285,7 @@ class FeedbackCache:
                     self.flush_shared()
                 res = self.shared.claim(request_id)
             except StoreUnavailable as exc:
+                self._retry_at = time.monotonic() + self.retry_seconds
                 log.warning("shared feedback store unreachable, using local contexts: %s", exc)
             else:
                 if res is None:
