@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies._priors import TaskTable, fill_cost
-from policies.base import PolicyError
+from policies.base import PolicyError, best_cheapest
 
 SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 TASK_VOTE_K = 10  # nearest training prompts that vote on a query's task
@@ -129,10 +129,7 @@ def row_utility(q_hat, c_hat, q_true, c_true, lams) -> np.ndarray:
     lams = np.asarray(lams, dtype=np.float64)
     q_hat, c_hat = np.asarray(q_hat, np.float64), np.asarray(c_hat, np.float64)
     # choose()'s rule (argmax of q - lam * c, ties to the cheaper model) for all lams at once
-    score = q_hat[None] - lams[:, None, None] * c_hat[None]
-    best = score.max(axis=2, keepdims=True)
-    tied = score >= best - 1e-12 * np.maximum(1.0, np.abs(best))
-    pick = np.where(tied, c_hat[None], np.inf).argmin(axis=2)  # (L, n)
+    pick = best_cheapest(q_hat[None] - lams[:, None, None] * c_hat[None], c_hat[None])  # (L, n)
     rows = np.arange(q_true.shape[0])[None, :]
     gain = q_true[rows, pick] - lams[:, None] * c_true[rows, pick]
     return (gain / (1.0 + lams[:, None] * scale)).mean(axis=0)

@@ -108,10 +108,15 @@ def choose(
         ok = np.where(none_fit[:, None], ok, fits)
         cheap_score = -np.where(ok, cost, np.inf)
         score = np.where(none_fit[:, None], cheap_score, score)
-    score = np.where(ok, score, -np.inf)
-    best = score.max(axis=1, keepdims=True)
+    return best_cheapest(np.where(ok, score, -np.inf), cost)
+
+
+def best_cheapest(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Index of the highest ``score`` along the last axis, ties (within relative 1e-12)
+    going to the lowest ``cost``; ``cost`` broadcasts against ``score``."""
+    best = score.max(axis=-1, keepdims=True)
     tied = score >= best - 1e-12 * np.maximum(1.0, np.abs(best))
-    return np.where(tied, cost, np.inf).argmin(axis=1)
+    return np.where(tied, cost, np.inf).argmin(axis=-1)
 
 
 class Policy:
