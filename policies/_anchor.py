@@ -54,23 +54,35 @@ class TaskPrior:
         self.codes = np.asarray(codes, dtype=np.int64)
         self.table = table
         self.k = int(k)
+        self._index = None  # router.index.VectorIndex over X, built at the first query
+
+    def _search(self, Xq: np.ndarray, k: int) -> np.ndarray:
+        """Ids (n, k) of each query's nearest training prompts, best first (the project's
+        FAISS index: exact while small, HNSW at scale, so serving stays fast)."""
+        if self._index is None:
+            from router.index import VectorIndex
+
+            index = VectorIndex(self.X.shape[1], kind="auto")
+            index.add(self.X)
+            if index.vectors_are_view:  # keep one copy of the vectors: the index's
+                self.X = index.stored_vectors()
+            self._index = index
+        return np.asarray(self._index.search(Xq, k)[1])
 
     @classmethod
     def fit(cls, X, codes, names, quality, cost, k: int = TASK_VOTE_K) -> TaskPrior:
         return cls(X, codes, TaskTable.fit(quality, fill_cost(cost), codes, names), k)
 
-    def query(self, Xq: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(prior quality, prior cost), each (n, m)."""
-        k = min(self.k, len(self.X))
         Xq = _unit(Xq)
-        onehot = []
-        for start in range(0, len(Xq), chunk):
-            s = Xq[start : start + chunk] @ self.X.T
-            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-            ids = np.take_along_axis(part, order, axis=1)
-            onehot.append(task_vote(self.codes[ids], len(self.table.names), k))
-        post = np.concatenate(onehot) if onehot else np.zeros((0, len(self.table.names)))
+        if len(Xq) == 0:
+            post = np.zeros((0, len(self.table.names)))
+        else:
+            k = min(self.k, len(self.X))
+            ids = self._search(Xq, k)
+            post = task_vote(np.where(ids >= 0, self.codes[np.maximum(ids, 0)], -1),
+                             len(self.table.names), k)
         return post @ self.table.quality, post @ self.table.cost
 
     def arrays(self, prefix: str = "anchor_") -> dict[str, np.ndarray]:
