@@ -179,10 +179,7 @@ def lam_grid(spec: str, cost: np.ndarray) -> np.ndarray:
 # ---- training and sweeping --------------------------------------------------------------
 def fit_policy(spec: PolicySpec, train: RoutingDataset, X_train: np.ndarray) -> Policy:
     """A fresh policy from ``spec`` fitted on the train split (missing quality stays NaN)."""
-    policy = make_policy(spec.name, **spec.params)
-    _, cost = train.eval_matrices()  # missing cost -> model mean; missing quality dropped
-    policy.fit(X_train, train.quality, cost, train.models, tasks=train.tasks)
-    return policy
+    return make_policy(spec.name, **spec.params).fit_dataset(train, X_train)
 
 
 def model_map(policy: Policy, models: Sequence[str], label: str) -> np.ndarray:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from policies.base import ArtifactError, Estimate, Policy, PolicyError, RouteDecision, choose
+from policies.base import (
+    ArtifactError,
+    Estimate,
+    Policy,
+    PolicyError,
+    RouteDecision,
+    TrainData,
+    choose,
+)
 
 REGISTRY: dict[str, str] = {
     "random": "policies.random_policy:RandomPolicy",
@@ -57,6 +65,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "RouteDecision",
+    "TrainData",
     "REGISTRY",
     "choose",
     "get_policy_class",

@@ -26,9 +26,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from router.dataset import RoutingDataset
 
 ARTIFACT_FORMAT = 1
 
@@ -39,6 +42,24 @@ class PolicyError(ValueError):
 
 class ArtifactError(PolicyError):
     """An artifact directory that is missing, malformed or of another version."""
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Everything a policy may learn from, validated by :meth:`Policy.fit`.
+
+    ``texts`` are the raw prompts ``X`` was embedded from (an encoder applies its own text
+    view to them) and ``responses`` the recorded answers, (n, m) with None where absent; either is None when
+    the caller has none. Policies that need one declare it in ``Policy.requires``.
+    """
+
+    X: np.ndarray  # (n, d) float32 embeddings
+    quality: np.ndarray  # (n, m) in [0, 1], NaN = missing
+    cost: np.ndarray  # (n, m) USD per call
+    models: list[str]
+    tasks: list[str] | None = None
+    texts: list[str] | None = None
+    responses: list[list[str | None]] | None = None
 
 
 @dataclass
@@ -131,6 +152,9 @@ class Policy:
     online: ClassVar[bool] = False
     #: policies that need the true test outcomes (the oracle) are evaluation-only
     evaluation_only: ClassVar[bool] = False
+    #: optional parts of :class:`TrainData` this policy cannot fit without
+    #: (``"texts"``, ``"responses"``, ``"tasks"``)
+    requires: ClassVar[frozenset[str]] = frozenset()
 
     models_: list[str]
     dim_: int
@@ -173,8 +197,15 @@ class Policy:
         cost: np.ndarray,
         models: Sequence[str],
         tasks: Sequence[str] | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+        responses: Sequence[Sequence[str | None]] | None = None,
     ) -> Self:
-        """Learn from embeddings X (n, d), quality (n, m, NaN = missing) and cost (n, m)."""
+        """Learn from embeddings X (n, d), quality (n, m, NaN = missing) and cost (n, m).
+
+        ``texts`` (the raw prompts X was embedded from) and ``responses`` (recorded answers,
+        (n, m)) are optional unless the policy's ``requires`` names them.
+        """
         X = _check_matrix(X, "embeddings")
         n = X.shape[0]
         if n == 0:
@@ -196,11 +227,36 @@ class Policy:
             raise PolicyError(f"{self.name}: no observed quality for models {empty}")
         if tasks is not None and len(tasks) != n:
             raise PolicyError(f"{self.name}: {len(tasks)} task labels for {n} prompts")
+        if texts is not None and len(texts) != n:
+            raise PolicyError(f"{self.name}: {len(texts)} texts for {n} prompts")
+        if responses is not None and (
+                len(responses) != n or any(len(row) != len(models) for row in responses)):
+            raise PolicyError(f"{self.name}: responses must be (n, m) = {(n, len(models))}")
+        given = {"tasks": tasks, "texts": texts, "responses": responses}
+        missing = sorted(k for k in self.requires if given.get(k) is None)
+        if missing:
+            raise PolicyError(f"{self.name}: fitting needs {', '.join(missing)} "
+                              f"(pass {', '.join(m + '=' for m in missing)} to fit)")
         self.models_ = models
         self.dim_ = X.shape[1]
         self.meta_ = getattr(self, "meta_", {})
-        self._fit(X, quality, cost, None if tasks is None else [str(t) for t in tasks])
+        self._fit(TrainData(
+            X=X, quality=quality, cost=cost, models=models,
+            tasks=None if tasks is None else [str(t) for t in tasks],
+            texts=None if texts is None else [str(t) for t in texts],
+            responses=None if responses is None else [list(r) for r in responses],
+        ))
         return self
+
+    def fit_dataset(self, data: RoutingDataset, X: np.ndarray) -> Self:
+        """Fit on a :class:`~router.dataset.RoutingDataset` and its embeddings ``X``.
+
+        Missing quality stays NaN (dropped), missing cost becomes the model's mean; the
+        dataset's prompts and recorded responses go along as ``texts`` and ``responses``.
+        """
+        _, cost = data.eval_matrices()
+        return self.fit(X, data.quality, cost, data.models, tasks=data.tasks,
+                        texts=data.prompts, responses=data.responses)
 
     def predict(
         self,
@@ -266,9 +322,7 @@ class Policy:
             raise PolicyError(f"unknown model {model!r}; known: {self.models_}") from None
 
     # ---- subclass hooks -----------------------------------------------------------------
-    def _fit(
-        self, X: np.ndarray, quality: np.ndarray, cost: np.ndarray, tasks: list[str] | None
-    ) -> None:
+    def _fit(self, data: TrainData) -> None:
         raise NotImplementedError
 
     def _predict(

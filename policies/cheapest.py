@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from policies._priors import fill_cost, masked_col_mean
-from policies.base import Estimate, Policy
+from policies.base import Estimate, Policy, TrainData
 
 
 class CheapestPolicy(Policy):
@@ -23,7 +23,8 @@ class CheapestPolicy(Policy):
     def __init__(self) -> None:
         pass
 
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        quality, cost = data.quality, data.cost
         self.mean_cost_ = masked_col_mean(fill_cost(cost), 0.0)
         self.mean_quality_ = float(np.nanmean(quality))
 

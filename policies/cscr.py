@@ -72,7 +72,7 @@ from policies._contrastive import (
     stratified_folds,
 )
 from policies._priors import encode_tasks
-from policies.base import ArtifactError, Estimate, Policy, PolicyError
+from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
 
 COST_FLOOR = 1e-9  # USD; log cost of a free model
 
@@ -249,7 +249,8 @@ class CSCRPolicy(Policy):
         return p
 
     # ---- training -----------------------------------------------------------------------
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        X, quality, cost, tasks = data.X, data.quality, data.cost, data.tasks
         p = self._checked()
         n = X.shape[0]
         cost = np.where(np.isnan(cost), masked_mean(cost, 0, 0.0)[None, :], cost)

@@ -34,7 +34,7 @@ from policies._priors import (
     masked_col_mean,
     parse_auto,
 )
-from policies.base import ArtifactError, Estimate, Policy, PolicyError
+from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
 
 K_GRID = (5, 10, 20, 40, 80, 160, 320)
 ALPHA_GRID = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0, 1000.0, 1e4)
@@ -120,7 +120,8 @@ class KNNPolicy(Policy):
         return k, alpha, temp
 
     # ---- fitting ----------------------------------------------------------------------
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        X, quality, cost, tasks = data.X, data.quality, data.cost, data.tasks
         k, alpha, temp = self._check_params()
         n = X.shape[0]
         names, codes = encode_tasks(tasks if self.prior == "task" else None, n)

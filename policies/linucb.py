@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from policies._priors import fill_cost
-from policies.base import ArtifactError, Estimate, Policy, PolicyError
+from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
 from router.state.bandit_store import BanditState, BanditStore, EmbeddedBanditStore
 
 PROJECTIONS = ("pca", "random")
@@ -100,7 +100,8 @@ class LinUCBPolicy(Policy):
         return np.hstack([Z, np.ones((Z.shape[0], 1))])
 
     # ---- fitting --------------------------------------------------------------------------
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        X, quality, cost = data.X, data.quality, data.cost
         self._check_params()
         self._fit_projection(X)
         Z = self.features(X)

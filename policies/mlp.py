@@ -29,7 +29,7 @@ from policies._anchor import (
     set_anchor_state,
 )
 from policies._priors import encode_tasks, fill_cost, masked_col_mean, validation_split
-from policies.base import ArtifactError, Estimate, Policy, PolicyError
+from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
 
 LOSSES = ("bce", "mse")
 COST_MODELS = ("ridge", "mean")
@@ -140,7 +140,8 @@ class MLPPolicy(Policy):
         check_shrink("mlp", "cost_shrink", self.cost_shrink)
 
     # ---- fitting ----------------------------------------------------------------------
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        X, quality, cost, tasks = data.X, data.quality, data.cost, data.tasks
         self._check_params()
         sizes = self._hidden_sizes()
         X = X.astype(np.float64)

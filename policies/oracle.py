@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from policies._priors import fill_cost, masked_col_mean
-from policies.base import Estimate, Policy, PolicyError
+from policies.base import Estimate, Policy, PolicyError, TrainData
 
 
 class OraclePolicy(Policy):
@@ -24,7 +24,8 @@ class OraclePolicy(Policy):
     def __init__(self) -> None:
         pass
 
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        cost = data.cost
         self.mean_cost_ = masked_col_mean(fill_cost(cost), 0.0)
 
     def _predict(self, X, tasks, truth) -> Estimate:

@@ -75,7 +75,7 @@ from policies._contrastive import (
     supcon_loss,
 )
 from policies._priors import encode_tasks
-from policies.base import ArtifactError, Estimate, Policy, PolicyError
+from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
 
 ENSEMBLES = ("folds", "final", "all")
 
@@ -211,7 +211,8 @@ class RouterDCPolicy(Policy):
         return p
 
     # ---- training -----------------------------------------------------------------------
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        X, quality, cost, tasks = data.X, data.quality, data.cost, data.tasks
         if self.finetune_encoder:
             raise PolicyError(
                 "routerdc: finetune_encoder=True needs the prompt texts and a GPU, but a "

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from policies._priors import fill_cost, masked_col_mean
-from policies.base import Estimate, Policy, PolicyError
+from policies.base import Estimate, Policy, PolicyError, TrainData
 
 #: quality estimate given to the models a single-model policy never picks
 EXCLUDED_QUALITY = -1.0
@@ -37,7 +37,8 @@ class SingleModelPolicy(Policy):
             raise PolicyError(f"single: unknown model {self.model!r}; known: {self.models_}")
         return self.models_.index(str(self.model))
 
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        quality, cost = data.quality, data.cost
         self.mean_quality_ = masked_col_mean(quality, 0.0)
         self.mean_cost_ = masked_col_mean(fill_cost(cost), 0.0)
         self.index_ = self._target(quality, cost)

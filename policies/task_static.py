@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from policies._priors import TaskTable, encode_tasks, fill_cost
-from policies.base import Estimate, Policy, PolicyError
+from policies.base import Estimate, Policy, PolicyError, TrainData
 
 
 class TaskStaticPolicy(Policy):
@@ -23,7 +23,8 @@ class TaskStaticPolicy(Policy):
     def __init__(self, smoothing: float = 0.0) -> None:
         self.smoothing = smoothing
 
-    def _fit(self, X, quality, cost, tasks) -> None:
+    def _fit(self, data: TrainData) -> None:
+        X, quality, cost, tasks = data.X, data.quality, data.cost, data.tasks
         smoothing = float(self.smoothing)
         if not np.isfinite(smoothing) or smoothing < 0:
             raise PolicyError(f"task-static: smoothing must be >= 0, got {self.smoothing!r}")

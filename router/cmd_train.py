@@ -155,12 +155,11 @@ def run(args: argparse.Namespace) -> int:
 
     _log(args, f"fitting {policy!r} ...")
     t0 = time.perf_counter()
-    _, cost = train.eval_matrices()  # missing cost -> model mean; missing quality stays NaN
     from router.threads import native_threads, preload
 
     preload()
     with native_threads(args.threads):
-        policy.fit(X, train.quality, cost, train.models, tasks=train.tasks)
+        policy.fit_dataset(train, X)  # missing cost -> model mean; missing quality stays NaN
     _log(args, f"  fitted in {time.perf_counter() - t0:.1f}s")
     _, state = policy._get_state()
     learned = {k: v for k, v in state.items() if isinstance(v, int | float | str) and k != "tasks"}

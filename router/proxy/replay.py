@@ -277,7 +277,7 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
         log.info("training the demo %s policy on %s (%d prompts)", policy_name, source,
                  len(train))
         policy = make_policy(policy_name)
-        policy.fit(X_train, train.quality, train.cost, train.models, tasks=train.tasks)
+        policy.fit_dataset(train, X_train)
         policy.save(art, meta={"encoder": encoder.config(), "dataset": source})
         policy = load_policy(str(art))
     both = datasets.concat_datasets([train, test], train.name)
