@@ -15,8 +15,9 @@ Example (see examples/config.yaml)::
     state: {dir: .costroute, redis_url: null}
     keys: {required: false, keys: [{name: alice, key: os.environ/ALICE_KEY, budget_usd: 5}]}
 
-Values written ``os.environ/NAME`` are read from the environment at load time. A bad config
-raises :class:`ConfigError` whose message names every offending key and its problem.
+Values written ``os.environ/NAME`` are read from the environment at load time. LiteLLM's
+``general_settings`` / ``router_settings`` / ``litellm_settings`` are mapped onto these
+sections by :mod:`router.proxy.litellm_compat`. A bad config raises :class:`ConfigError` whose message names every offending key and its problem.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from router.proxy.litellm_compat import CompatError, apply_litellm_sections
 
 ENV_PREFIX = "os.environ/"
 #: environment variable that overrides ``state.redis_url`` (used by the deploy manifests)
@@ -124,6 +127,8 @@ class RoutingConfig(_Strict):
     fallback: list[str] = Field(default_factory=list)
     max_fallback_tries: int = Field(default=2, ge=0, le=20)
     cooldown_seconds: float = Field(default=30.0, ge=0)
+    #: failures in a row a backend may have before it cools down (LiteLLM's allowed_fails)
+    allowed_fails: int = Field(default=0, ge=0)
     timeouts: dict[str, float] = Field(default_factory=dict)
     default_timeout: float = Field(default=600.0, gt=0)
     #: policy model name -> backend model_name, where they differ
@@ -255,9 +260,6 @@ class GatewayConfig(_Strict):
     keys: KeysConfig = Field(default_factory=KeysConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
-    #: LiteLLM configs carry these; accepted and ignored
-    litellm_settings: dict[str, Any] | None = None
-    general_settings: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _cross_check(self) -> GatewayConfig:
@@ -348,6 +350,10 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
     data = resolve_env(data)
+    try:
+        data, _ = apply_litellm_sections(data)
+    except CompatError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as exc:
