@@ -459,10 +459,14 @@ def make_backend(entry: ModelEntry, cfg: GatewayConfig, pool: Any, replay: Any =
 class BackendPool:
     """All backends plus their cooldowns (a failing backend is skipped for a while)."""
 
-    def __init__(self, backends: dict[str, Backend], cooldown_seconds: float) -> None:
+    def __init__(self, backends: dict[str, Backend], cooldown_seconds: float,
+                 allowed_fails: int = 0) -> None:
         self.backends = backends
         self.cooldown_seconds = cooldown_seconds
+        #: failures in a row tolerated before a backend cools down
+        self.allowed_fails = allowed_fails
         self._until: dict[str, float] = {}
+        self._fails: dict[str, int] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.backends
@@ -486,11 +490,17 @@ class BackendPool:
         return {n for n in self.backends if not self.cooling(n)}
 
     def fail(self, name: str) -> None:
+        fails = self._fails.get(name, 0) + 1
+        if fails <= self.allowed_fails:
+            self._fails[name] = fails
+            return
+        self._fails.pop(name, None)
         if self.cooldown_seconds > 0:
             self._until[name] = time.monotonic() + self.cooldown_seconds
 
     def ok(self, name: str) -> None:
         self._until.pop(name, None)
+        self._fails.pop(name, None)
 
     def cooldowns(self) -> dict[str, float]:
         now = time.monotonic()
