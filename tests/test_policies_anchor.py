@@ -96,3 +96,24 @@ def test_task_vote_is_a_hard_majority_with_ties_to_the_nearest():
     codes = np.array([[1, 0, 0, 1], [1, 0, -1, -1], [2, 2, 0, -1]])
     np.testing.assert_array_equal(task_vote(codes, 3).argmax(axis=1), [1, 1, 2])
     assert task_vote(codes, 3).sum(axis=1).tolist() == [1.0, 1.0, 1.0]
+
+
+# ---- familiarity (policies._distance) ---------------------------------------------------
+def test_familiarity_scores_far_queries_lower_and_excludes_self_on_train_rows():
+    from policies._distance import Familiarity
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 8)) + np.array([4.0] + [0.0] * 7)  # a cloud around +e0
+    fam = Familiarity.fit(X, k=5)
+    near = X[:10] + 0.01 * rng.normal(size=(10, 8))
+    far = -X[:10]  # the opposite side of the sphere
+    assert fam.score(near).min() > fam.score(far).max()
+    # a train row scored against the train set without excluding itself counts itself
+    own = fam.score(X, exclude_self=True)
+    assert np.all(fam.score(X) >= own) and np.all(own < 1.0 - 1e-6)
+    assert fam.quantile(fam.score(far)).max() == 0.0
+    assert 0.3 < np.median(fam.quantile(own)) < 0.7
+    back = Familiarity.from_arrays(fam.arrays())
+    np.testing.assert_allclose(back.score(far), fam.score(far), rtol=1e-6)
+    with pytest.raises(ValueError, match="training rows"):
+        fam.score(X[:5], exclude_self=True)
