@@ -31,6 +31,7 @@ REGISTRY: dict[str, str] = {
     "routerdc": "policies.routerdc:RouterDCPolicy",
     "cscr": "policies.cscr:CSCRPolicy",
     "linucb": "policies.linucb:LinUCBPolicy",
+    "cascade": "policies.cascade:CascadePolicy",
 }
 
 

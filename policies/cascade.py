@@ -1,0 +1,326 @@
+"""Answer-aware cascades: call cheap models first, accept when their answers agree, else
+escalate (FrugalGPT, AutoMix, Yue et al. 2024).
+
+The contract shared by the offline evaluation and the gateway:
+
+* :class:`CascadePlan` holds an answer kind and stages of models; :meth:`CascadePlan.first`
+  names the models to call first (concurrently), :meth:`CascadePlan.step` takes the raw
+  responses gathered so far (``None`` = a failed or timed-out call, which counts as
+  disagreement) and says whether to stop (and whose answer to return, and which models
+  agree with it) or which models to call next.
+* :class:`CascadePolicy` (registry name ``"cascade"``) learns, on the train split only, one
+  list of plans per answer kind (:mod:`policies.answers`), each plan optimal for a range of
+  ``lam`` (:mod:`policies.cascade_search`); :meth:`CascadePolicy.plan` infers a prompt's
+  kind from its text and returns the plan for ``lam`` (or ``budget``).
+
+Decision rule of :meth:`CascadePlan.step`, stage by stage: once every model of stage k has
+answered, the answers of stages 1..k are grouped by answer key; when the largest group has
+at least ``min_agree`` members the cascade stops and returns that group's most preferred
+model (``prefer`` order, by default later calls first). The last stage is accepted
+unconditionally: the largest group among *its* models' responses (a response without an
+answer key counts as a group of one), ties to the preferred model; when every model of the
+last stage failed, the same rule runs over all responses gathered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies import answers as A
+from policies._priors import TaskTable, fill_cost
+from policies.base import Estimate, Policy, PolicyError, TrainData, check_budget, check_lam
+
+ALL_KINDS = "*"  # plans learned on every train prompt, for kinds the train split lacks
+
+
+@dataclass(frozen=True)
+class CascadeStage:
+    """Models called concurrently; accept when >= ``min_agree`` answers so far agree."""
+
+    models: tuple[str, ...]
+    min_agree: int
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise PolicyError("a cascade stage needs at least one model")
+        if len(set(self.models)) != len(self.models):
+            raise PolicyError(f"a cascade stage names a model twice: {self.models}")
+        if int(self.min_agree) < 1:
+            raise PolicyError(f"min_agree must be >= 1, got {self.min_agree}")
+
+
+@dataclass(frozen=True)
+class CascadeStep:
+    """What to do after the answers gathered so far.
+
+    ``agreed`` lists the models whose answer key equals the returned one's, ``model``
+    included (just ``model`` when its response has no answer key).
+    """
+
+    done: bool
+    model: str | None
+    next_models: tuple[str, ...]
+    agreed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """An answer kind and stages; the last stage's answer is accepted unconditionally."""
+
+    kind: str
+    stages: tuple[CascadeStage, ...]
+    prefer: tuple[str, ...] = field(default=())  # representative order (first = best)
+
+    def __post_init__(self) -> None:
+        if self.kind not in A.KINDS:
+            raise PolicyError(f"unknown answer kind {self.kind!r}; kinds: {A.KINDS}")
+        if not self.stages:
+            raise PolicyError("a cascade plan needs at least one stage")
+        called = self.models
+        if len(set(called)) != len(called):
+            raise PolicyError(f"a cascade plan calls a model twice: {called}")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the plan may call, in call order."""
+        return tuple(m for s in self.stages for m in s.models)
+
+    def first(self) -> tuple[str, ...]:
+        """The models to call first (concurrently)."""
+        return self.stages[0].models
+
+    def rank(self) -> dict[str, int]:
+        """Preference rank per model (0 = most preferred): ``prefer`` first, then the
+        remaining models, later calls first."""
+        order = [m for m in self.prefer if m in self.models]
+        order += [m for m in reversed(self.models) if m not in order]
+        return {m: i for i, m in enumerate(order)}
+
+    def keys(self, answers: Mapping[str, str | None]) -> dict[str, str | None]:
+        """Answer key of each gathered response, in call order."""
+        return {m: A.extract(answers[m], self.kind) for m in self.models if m in answers}
+
+    def step(self, answers: Mapping[str, str | None]) -> CascadeStep:
+        """The decision after ``answers`` (model -> raw response text, None = failed)."""
+        rank = self.rank()
+        unknown = [m for m in answers if m not in rank]
+        if unknown:
+            raise PolicyError(f"answers from models the plan does not call: {unknown}")
+        keys = self.keys(answers)
+        for k, stage in enumerate(self.stages):
+            missing = tuple(m for m in stage.models if m not in answers)
+            if missing:
+                return CascadeStep(False, None, missing, ())
+            if k == len(self.stages) - 1:
+                return self._final(answers, keys, stage.models, rank)
+            gathered = {m: keys[m] for s in self.stages[: k + 1] for m in s.models}
+            best = _best_group(gathered, rank)
+            if best and len(best) >= stage.min_agree:
+                model = min(best, key=rank.__getitem__)
+                return CascadeStep(True, model, (), _agreeing(model, keys, rank))
+        raise AssertionError("unreachable: the last stage always decides")
+
+    def _final(self, answers: Mapping[str, str | None], keys: dict[str, str | None],
+               last: tuple[str, ...], rank: dict[str, int]) -> CascadeStep:
+        for pool in (last, tuple(keys)):
+            alive = [m for m in pool if answers.get(m) is not None]
+            if not alive:
+                continue
+            # responses without a key are groups of their own
+            labelled = {m: keys[m] if keys[m] is not None else f"\0{m}" for m in alive}
+            model = min(_best_group(labelled, rank), key=rank.__getitem__)
+            return CascadeStep(True, model, (), _agreeing(model, keys, rank))
+        return CascadeStep(True, None, (), ())
+
+    # ---- JSON ---------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "prefer": list(self.prefer),
+                "stages": [{"models": list(s.models), "min_agree": s.min_agree}
+                           for s in self.stages]}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CascadePlan:
+        try:
+            stages = tuple(CascadeStage(tuple(str(m) for m in s["models"]), int(s["min_agree"]))
+                           for s in obj["stages"])
+            return cls(str(obj["kind"]), stages, tuple(str(m) for m in obj.get("prefer", ())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"not a cascade plan: {json.dumps(obj)[:200]} ({exc})") from exc
+
+    def describe(self) -> str:
+        """Short text: 'Yi+claude-instant>=2 -> gpt-4'."""
+        parts = []
+        for i, s in enumerate(self.stages):
+            names = "+".join(_short(m) for m in s.models)
+            last = i == len(self.stages) - 1
+            parts.append(names if last or (len(s.models) == 1 and s.min_agree == 1)
+                         else f"{names}>={s.min_agree}")
+        return " -> ".join(parts)
+
+
+def _short(model: str) -> str:
+    return model.rsplit("/", 1)[-1]
+
+
+def _best_group(keys: Mapping[str, str | None], rank: Mapping[str, int]) -> tuple[str, ...]:
+    """The largest group of equal keys (ties: the group holding the preferred model)."""
+    by_key: dict[str, list[str]] = {}
+    for m, k in keys.items():
+        if k is not None:
+            by_key.setdefault(k, []).append(m)
+    if not by_key:
+        return ()
+    best = min(by_key.values(), key=lambda g: (-len(g), min(rank[m] for m in g)))
+    return tuple(best)
+
+
+def _agreeing(model: str, keys: Mapping[str, str | None],
+              rank: Mapping[str, int]) -> tuple[str, ...]:
+    key = keys.get(model)
+    if key is None:
+        return (model,)
+    return tuple(m for m in keys if keys[m] == key)
+
+
+# ---- the policy -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanChoice:
+    """A learned plan with the lam range it is chosen for and its train figures."""
+
+    plan: CascadePlan
+    lam_low: float  # chosen for lam in [lam_low, next choice's lam_low)
+    quality: float  # train mean quality of the returned answer
+    cost: float  # train mean cost per query (every call)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_json(), "lam_low": self.lam_low,
+                "quality": self.quality, "cost": self.cost}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> PlanChoice:
+        return cls(CascadePlan.from_json(obj["plan"]), float(obj["lam_low"]),
+                   float(obj["quality"]), float(obj["cost"]))
+
+
+class CascadePolicy(Policy):
+    """Answer-aware cascades learned per answer kind from recorded train responses.
+
+    ``folds`` cross-validation folds of train choose, per lam, how large a plan family
+    to search (single models; + two stages; + three stages), guarding against plans tuned
+    to the train prompts; ``max_first`` caps the models of the first stage.
+    """
+
+    name = "cascade"
+    requires = frozenset({"responses"})
+    uses_embeddings = False
+
+    def __init__(self, folds: int = 5, max_first: int = 3, seed: int = 0) -> None:
+        self.folds = folds
+        self.max_first = max_first
+        self.seed = seed
+
+    # ---- fitting ------------------------------------------------------------------------
+    def _fit(self, data: TrainData) -> None:
+        from policies.cascade_search import search_plans
+
+        if data.texts is None or data.responses is None:
+            raise PolicyError("cascade: fitting needs texts and responses")
+        if int(self.folds) < 2:
+            raise PolicyError(f"cascade: folds must be >= 2, got {self.folds!r}")
+        if not 1 <= int(self.max_first) <= 3:
+            raise PolicyError(f"cascade: max_first must be 1, 2 or 3, got {self.max_first!r}")
+        kinds = [A.infer_kind(t) for t in data.texts]
+        quality = np.nan_to_num(data.quality, nan=0.0)
+        cost = fill_cost(data.cost)
+        found, info = search_plans(
+            kinds, data.responses, quality, cost, data.models,
+            folds=int(self.folds), max_first=int(self.max_first), seed=int(self.seed))
+        self.plans_ = found
+        self.search_ = info
+        # per-kind single-model means for predict(); task labels map to their usual kind
+        names = sorted(set(kinds))
+        codes = np.array([names.index(k) for k in kinds], dtype=np.int64)
+        self.kind_table_ = TaskTable.fit(data.quality, cost, codes, names, 0.0)
+        self.task_kinds_ = _task_kinds(data.tasks, kinds)
+
+    # ---- planning -----------------------------------------------------------------------
+    @property
+    def kinds_(self) -> list[str]:
+        return [k for k in self.plans_ if k != ALL_KINDS]
+
+    def choices(self, kind: str) -> list[PlanChoice]:
+        """The learned plans for ``kind`` (the all-kinds plans when it was not seen)."""
+        self._check_fitted()
+        return self.plans_.get(kind) or self.plans_[ALL_KINDS]
+
+    def plan(self, text: str, x: np.ndarray | None = None, lam: float = 0.0,
+             budget: float | None = None) -> CascadePlan:
+        """The cascade for prompt ``text`` at cost weight ``lam`` (or per-query ``budget``:
+        the best train quality among plans whose train cost fits, else the cheapest)."""
+        return self.plan_for_kind(A.infer_kind(text), lam=lam, budget=budget)
+
+    def plan_for_kind(self, kind: str, lam: float = 0.0,
+                      budget: float | None = None) -> CascadePlan:
+        lam = check_lam(lam)
+        budget = check_budget(budget)
+        options = self.choices(kind)
+        if budget is not None:
+            fits = [c for c in options if c.cost <= budget]
+            pick = (max(fits, key=lambda c: (c.quality, -c.cost)) if fits
+                    else min(options, key=lambda c: c.cost))
+        else:
+            pick = options[0]
+            for c in options:
+                if c.lam_low <= lam:
+                    pick = c
+        plan = pick.plan
+        if plan.kind != kind and kind in A.KINDS:  # all-kinds plan: extract as this kind
+            plan = CascadePlan(kind, plan.stages, plan.prefer)
+        return plan
+
+    # ---- the generic single-model estimate ----------------------------------------------
+    def _predict(self, X, tasks, truth) -> Estimate:
+        kinds = None if tasks is None else [self.task_kinds_.get(t, "") for t in tasks]
+        q, c = self.kind_table_.lookup(kinds, X.shape[0])
+        return Estimate(q, c)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "plans_"):
+            raise PolicyError("cascade: not fitted (call fit or load an artifact)")
+
+    # ---- artifacts ----------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return self.kind_table_.arrays(), {
+            "plans": {k: [c.to_json() for c in v] for k, v in self.plans_.items()},
+            "kinds": self.kind_table_.names,
+            "task_kinds": self.task_kinds_,
+            "search": self.search_,
+        }
+
+    def _set_state(self, arrays, meta) -> None:
+        try:
+            self.plans_ = {str(k): [PlanChoice.from_json(c) for c in v]
+                           for k, v in meta["plans"].items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PolicyError(f"cascade artifact: no readable plans ({exc})") from exc
+        if ALL_KINDS not in self.plans_ or not self.plans_[ALL_KINDS]:
+            raise PolicyError("cascade artifact: the all-kinds plans are missing")
+        self.kind_table_ = TaskTable.from_arrays(arrays, list(meta.get("kinds", [])))
+        self.task_kinds_ = {str(k): str(v) for k, v in meta.get("task_kinds", {}).items()}
+        self.search_ = dict(meta.get("search", {}))
+
+
+def _task_kinds(tasks: Sequence[str] | None, kinds: Sequence[str]) -> dict[str, str]:
+    """Each task label's most common inferred kind (a training signal for predict only)."""
+    if tasks is None:
+        return {}
+    counts: dict[str, dict[str, int]] = {}
+    for t, k in zip(tasks, kinds, strict=True):
+        counts.setdefault(t, {}).setdefault(k, 0)
+        counts[t][k] += 1
+    return {t: max(c, key=c.__getitem__) for t, c in counts.items()}

@@ -1,0 +1,263 @@
+"""Vectorised cascade simulation on recorded responses and the train-split plan search.
+
+:func:`simulate` replays one :class:`~policies.cascade.CascadePlan` over a table of
+answer codes exactly as :meth:`CascadePlan.step` decides (tests check the two agree), in
+numpy over all rows at once: cost is the sum of every call made, quality that of the
+returned answer. :func:`search_plans` scores a family of candidate plans per answer kind
+on the train rows and keeps, for every ``lam`` of a fine grid, the plan of best train
+utility ``quality - lam * cost``, within the plan family (single models; two stages;
+three stages) that K-fold cross-validation of that selection prefers at that lam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from policies import answers as A
+from policies._priors import kfold
+
+#: plan families, smallest first: 1 = single models, 2 = + two-stage and voting plans,
+#: 3 = + three-stage plans
+LEVELS = (1, 2, 3)
+GRID_POINTS = 160
+
+
+@dataclass
+class Table:
+    """Answer codes of recorded responses: equal codes in a row = agreeing answers."""
+
+    codes: np.ndarray  # (n, m) int64; a missing key is negative and unique in its row
+    alive: np.ndarray  # (n, m) bool: a response exists (the call did not fail)
+    quality: np.ndarray  # (n, m) in [0, 1]
+    cost: np.ndarray  # (n, m) USD
+
+    @classmethod
+    def build(cls, kinds: Sequence[str], responses: Sequence[Sequence[str | None]],
+              quality: np.ndarray, cost: np.ndarray) -> Table:
+        keys = [[A.extract(r, k) for r in row] for k, row in zip(kinds, responses, strict=True)]
+        codes = np.array(A.key_codes(keys), dtype=np.int64).reshape(quality.shape)
+        alive = np.array([[r is not None for r in row] for row in responses],
+                         dtype=bool).reshape(quality.shape)
+        return cls(codes, alive, np.asarray(quality, float), np.asarray(cost, float))
+
+    def rows(self, idx: np.ndarray) -> Table:
+        return Table(self.codes[idx], self.alive[idx], self.quality[idx], self.cost[idx])
+
+
+def vote(t: Table, cols: Sequence[int], rank: np.ndarray,
+         final: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(largest group size, its preferred member's column) per row over ``cols``.
+
+    ``final``: every live response is a member (one without a key is a group of one);
+    otherwise only responses with an answer key. Size 0 (column -1) when nobody is.
+    """
+    cols = np.asarray(cols, dtype=np.int64)
+    c = t.codes[:, cols]
+    member = t.alive[:, cols] if final else (c >= 0)
+    eq = (c[:, :, None] == c[:, None, :]) & member[:, :, None] & member[:, None, :]
+    size = eq.sum(axis=2)
+    top = size.max(axis=1)
+    best = (size == top[:, None]) & member
+    pick = np.where(best, rank[cols][None, :], np.iinfo(np.int64).max).argmin(axis=1)
+    rep = np.where(top > 0, cols[pick], -1)
+    return top, rep
+
+
+def simulate(t: Table, stages: Sequence[tuple[Sequence[int], int]],
+             rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row (quality, cost, returned column or -1) of a plan given as column stages."""
+    n = t.codes.shape[0]
+    done = np.zeros(n, dtype=bool)
+    rep = np.full(n, -1, dtype=np.int64)
+    cost = np.zeros(n)
+    gathered: list[int] = []
+    for k, (cols, need) in enumerate(stages):
+        cols = list(cols)
+        cost += np.where(done, 0.0, t.cost[:, cols].sum(axis=1))
+        gathered += cols
+        if k == len(stages) - 1:
+            size_l, rep_l = vote(t, cols, rank, final=True)
+            _, rep_a = vote(t, gathered, rank, final=True)
+            rep = np.where(done, rep, np.where(size_l > 0, rep_l, rep_a))
+        else:
+            size, r = vote(t, gathered, rank, final=False)
+            accept = ~done & (size >= need)
+            rep = np.where(accept, r, rep)
+            done |= accept
+    rows = np.arange(n)
+    quality = np.where(rep >= 0, t.quality[rows, np.maximum(rep, 0)], 0.0)
+    return quality, cost, rep
+
+
+@dataclass
+class Candidates:
+    """Candidate plans (column stages) with per-fold quality and cost sums."""
+
+    stages: list[tuple[tuple[tuple[int, ...], int], ...]]
+    level: np.ndarray  # (p,) plan family of each candidate
+    q_fold: np.ndarray  # (p, K) quality sums per fold
+    c_fold: np.ndarray  # (p, K) cost sums per fold
+
+
+def _prefixes(m: int, max_first: int) -> list[tuple[tuple[tuple[int, ...], int], ...]]:
+    """Every non-final stage list: one model needing an answer key, 2-3 models needing
+    2 (or 3) equal answers, and a pair then one more needing 2 of the 3."""
+    out: list[tuple[tuple[tuple[int, ...], int], ...]] = [()]
+    out += [(((j,), 1),) for j in range(m)]
+    if max_first >= 2:
+        pairs = list(combinations(range(m), 2))
+        out += [((p, 2),) for p in pairs]
+        out += [((p, 2), ((x,), 2)) for p in pairs for x in range(m) if x not in p]
+    if max_first >= 3:
+        for tri in combinations(range(m), 3):
+            out += [((tri, 2),), ((tri, 3),)]
+    return out
+
+
+def _level(prefix: tuple) -> int:
+    return 1 if not prefix else (2 if len(prefix) == 1 else 3)
+
+
+def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
+                     max_first: int) -> Candidates:
+    """Every candidate plan: a prefix of non-final stages, then one final model (or, for
+    the 2-3 model voting plans, the vote itself as the final stage)."""
+    n, m = t.codes.shape
+    onehot = np.zeros((n, len(folds)))
+    for f, idx in enumerate(folds):
+        onehot[idx, f] = 1.0
+    rows = np.arange(n)
+    stages, levels, qs, cs = [], [], [], []
+    for prefix in _prefixes(m, max_first):
+        done = np.zeros(n, dtype=bool)
+        rep = np.full(n, -1, dtype=np.int64)
+        cost = np.zeros(n)
+        gathered: list[int] = []
+        for cols, need in prefix:
+            cost += np.where(done, 0.0, t.cost[:, list(cols)].sum(axis=1))
+            gathered += list(cols)
+            size, r = vote(t, gathered, rank, final=False)
+            accept = ~done & (size >= need)
+            rep = np.where(accept, r, rep)
+            done |= accept
+        q_done = np.where(rep >= 0, t.quality[rows, np.maximum(rep, 0)], 0.0)
+        if gathered:
+            size_a, rep_a = vote(t, gathered, rank, final=True)
+            q_fall = np.where(rep_a >= 0, t.quality[rows, np.maximum(rep_a, 0)], 0.0)
+        else:
+            q_fall = np.zeros(n)
+        finals = [e for e in range(m) if e not in gathered]
+        q_e = np.where(done[:, None], q_done[:, None],
+                       np.where(t.alive[:, finals], t.quality[:, finals], q_fall[:, None]))
+        c_e = cost[:, None] + np.where(done[:, None], 0.0, t.cost[:, finals])
+        qs.append(onehot.T @ q_e)
+        cs.append(onehot.T @ c_e)
+        lvl = _level(prefix)
+        for e in finals:
+            stages.append(prefix + (((e,), 1),))
+            levels.append(lvl)
+        if len(prefix) == 1 and len(prefix[0][0]) == 3 and prefix[0][1] == 2:
+            # majority vote of three as a one-stage plan
+            q_v, c_v, _ = simulate(t, [(prefix[0][0], 1)], rank)
+            qs.append((onehot.T @ q_v)[:, None])
+            cs.append((onehot.T @ c_v)[:, None])
+            stages.append(((prefix[0][0], 1),))
+            levels.append(2)
+    return Candidates(stages, np.array(levels), np.concatenate(qs, axis=1).T,
+                      np.concatenate(cs, axis=1).T)
+
+
+def lam_grid(cost: np.ndarray, points: int = GRID_POINTS) -> np.ndarray:
+    """0 plus log-spaced lams from 0.01 / dearest to 100 / cheapest model mean cost."""
+    means = cost.mean(axis=0)
+    means = means[means > 0]
+    if means.size == 0:
+        return np.array([0.0])
+    return np.concatenate(([0.0], np.geomspace(1e-2 / means.max(), 1e2 / means.min(), points)))
+
+
+def select(cand: Candidates, sizes: np.ndarray, lams: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Chosen candidate per lam, plus the cross-validated utility of each family.
+
+    At each lam, for each family level L, fold f's plan is the best of level <= L on the
+    other folds, scored on f; the level with the best total held-out utility (ties: the
+    smaller family) is then searched on all train rows.
+    """
+    q_all, c_all = cand.q_fold.sum(axis=1), cand.c_fold.sum(axis=1)
+    n = sizes.sum()
+    chosen = np.empty(len(lams), dtype=np.int64)
+    cv = np.zeros((len(lams), len(LEVELS)))
+    for i, lam in enumerate(lams):
+        u_fold = cand.q_fold - lam * cand.c_fold  # (p, K)
+        u_rest = (q_all - lam * c_all)[:, None] - u_fold  # utility without fold f
+        for li, lvl in enumerate(LEVELS):
+            ok = cand.level <= lvl
+            rest = np.where(ok[:, None], u_rest, -np.inf)
+            best = rest.argmax(axis=0)
+            cv[i, li] = u_fold[best, np.arange(u_fold.shape[1])].sum() / n
+        lvl = LEVELS[int(np.flatnonzero(cv[i] >= cv[i].max() - 1e-12)[0])]
+        u = np.where(cand.level <= lvl, (q_all - lam * c_all), -np.inf)
+        top = np.flatnonzero(u >= u.max() - 1e-12)
+        chosen[i] = top[np.argmin(c_all[top])]
+    return chosen, {"cv_utility": cv.tolist(), "levels": list(LEVELS)}
+
+
+def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]],
+                 quality: np.ndarray, cost: np.ndarray, models: Sequence[str], *,
+                 folds: int = 5, max_first: int = 3, seed: int = 0
+                 ) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Learned plans per inferred kind (plus ``"*"`` over all rows) and search figures."""
+    from policies.cascade import ALL_KINDS, CascadePlan, PlanChoice
+
+    table = Table.build(kinds, responses, quality, cost)
+    kinds_arr = np.asarray(kinds)
+    lams = lam_grid(cost)
+    plans: dict[str, list[PlanChoice]] = {}
+    info: dict[str, Any] = {"lams": lams.tolist(), "kinds": {}}
+    groups = {k: np.flatnonzero(kinds_arr == k) for k in sorted(set(kinds))}
+    groups[ALL_KINDS] = np.arange(len(kinds))
+    for kind, idx in groups.items():
+        if len(idx) < folds:
+            continue
+        t = table.rows(idx)
+        prefer = _preference(t.quality, t.cost)
+        rank = np.empty(len(models), dtype=np.int64)
+        rank[prefer] = np.arange(len(models))
+        parts = kfold(len(idx), folds, seed)
+        cand = score_candidates(t, rank, parts, max_first)
+        sizes = np.array([len(p) for p in parts])
+        chosen, sel = select(cand, sizes, lams)
+        plan_kind = kind if kind in A.KINDS else "text"
+        prefer_names = tuple(models[j] for j in prefer)
+        out: list[PlanChoice] = []
+        for lam, p in zip(lams, chosen, strict=True):
+            if out and out[-1].plan.stages == _named(cand.stages[p], models):
+                continue
+            stages = _named(cand.stages[p], models)
+            out.append(PlanChoice(
+                CascadePlan(plan_kind, stages, tuple(m for m in prefer_names
+                                                     if m in {x for s in stages
+                                                              for x in s.models})),
+                float(lam), float(cand.q_fold[p].sum() / len(idx)),
+                float(cand.c_fold[p].sum() / len(idx))))
+        plans[kind] = out
+        info["kinds"][kind] = {"rows": int(len(idx)), "candidates": len(cand.stages), **sel}
+    return plans, info
+
+
+def _named(stages, models: Sequence[str]):
+    from policies.cascade import CascadeStage
+
+    return tuple(CascadeStage(tuple(models[j] for j in cols), int(need))
+                 for cols, need in stages)
+
+
+def _preference(quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Model columns by train mean quality, best first (ties: cheaper first)."""
+    mq, mc = quality.mean(axis=0), cost.mean(axis=0)
+    return np.lexsort((mc, -mq))
