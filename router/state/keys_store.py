@@ -8,7 +8,12 @@ actual cost) or *releases* the bound if the call failed. So concurrent requests 
 spend more than the budget as long as each call's real cost stays within its reservation.
 
 Redis unreachable: :class:`RedisKeyStore` keeps serving from local state (the last spend it
-saw plus local changes) and pushes the changes made meanwhile once Redis answers again.
+saw plus local changes) and pushes the changes made meanwhile once Redis answers again. Spend
+settled during an outage is also appended, each entry with a unique id, to an fsynced journal
+(``<state.dir>/keys-pending.jsonl``, the same :class:`~router.state.outcome_store.DiskBuffer`
+the outage bandit updates use), so a replica that crashes during the outage pushes it at its
+next start. Each entry is applied by one Lua script that first claims the entry's id
+(``SET NX`` with a 30-day expiry), so a push retried after a crash mid-push never charges twice.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections import defaultdict, deque
 from pathlib import Path
 
@@ -37,6 +43,17 @@ end
 redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[1])
 return {1, tostring(spent), tostring(reserved + amount)}
 """
+
+_SPEND_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[1])
+  return 1
+end
+return 0
+"""
+#: how long an applied journal entry's id is remembered (a retried push within it is a no-op)
+SPEND_ID_TTL = 30 * 86400
+JOURNAL_NAME = "keys-pending.jsonl"
 
 _RATE = """
 local n = redis.call('INCR', KEYS[1])
@@ -132,6 +149,9 @@ class LocalKeyStore:
     async def ahit(self, key: str, rpm: int) -> bool:
         return self.hit(key, rpm)
 
+    async def aflush(self) -> None:
+        """Nothing to push: this store is the state (persisted by :meth:`persist`)."""
+
     def close(self) -> None:
         self.persist()
 
@@ -147,6 +167,7 @@ class RedisKeyStore:
         self.prefix = prefix
         self.client = aredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._reserve = self.client.register_script(_RESERVE)
+        self._spend_once = self.client.register_script(_SPEND_ONCE)
         self._rate = self.client.register_script(_RATE)
         self.retry_seconds = retry_seconds
         self.healthy = True
@@ -155,6 +176,23 @@ class RedisKeyStore:
         self.local = LocalKeyStore(None)
         self._known: dict[str, tuple[float, float]] = {}
         self._pending: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        # spend settled during an outage, not yet in Redis: {"id", "k", "s"} (also journaled)
+        self._journal = None
+        self._entries: list[dict] = []
+        if state_dir is not None:
+            from router.state.outcome_store import DiskBuffer
+
+            self._journal = DiskBuffer(Path(state_dir) / JOURNAL_NAME)
+            for e in self._journal.read():
+                try:
+                    entry = {"id": str(e["id"]), "k": str(e["k"]), "s": float(e["s"])}
+                except (KeyError, TypeError, ValueError):
+                    log.warning("skipping a malformed spend journal entry: %r", e)
+                    continue
+                self._entries.append(entry)
+                self._pending[entry["k"]][0] += entry["s"]
+            if self._entries:
+                log.info("%d spend entries of an earlier outage to push", len(self._entries))
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:key:{key}"
@@ -169,24 +207,44 @@ class RedisKeyStore:
         self._next_try = time.monotonic() + self.retry_seconds
 
     async def _sync_pending(self) -> None:
-        if not self._pending:
-            return
-        pipe = self.client.pipeline(transaction=True)
-        items = list(self._pending.items())
-        for key, (d_spent, d_reserved) in items:
-            if d_spent:
-                pipe.hincrbyfloat(self._key(key), "spent", d_spent)
-            if d_reserved:
+        """Push what the outage left: reservation changes, then each journaled spend once."""
+        reserved = [(k, p[1]) for k, p in self._pending.items() if p[1]]
+        if reserved:
+            pipe = self.client.pipeline(transaction=True)
+            for key, d_reserved in reserved:
                 pipe.hincrbyfloat(self._key(key), "reserved", d_reserved)
-        await pipe.execute()
-        for key, _ in items:
-            self._pending.pop(key, None)
-        log.info("pushed local spend changes of %d key(s) to redis", len(items))
+            await pipe.execute()
+            for key, _ in reserved:
+                self._pending[key][1] = 0.0
+        entries = list(self._entries)
+        for e in entries:
+            await self._spend_once(keys=[self._key(e["k"]), f"{self.prefix}:spend-op:{e['id']}"],
+                                   args=[repr(e["s"]), SPEND_ID_TTL])
+            self._pending[e["k"]][0] -= e["s"]
+        if entries:
+            del self._entries[:len(entries)]
+            if self._journal is not None:
+                self._journal.drop_first(len(entries))
+        for key in [k for k, p in self._pending.items() if abs(p[0]) < EPS and not p[1]]:
+            del self._pending[key]
+        if reserved or entries:
+            log.info("pushed local spend changes to redis: %d spend entries, reservations "
+                     "of %d key(s)", len(entries), len(reserved))
 
     async def _ok(self) -> None:
-        if not self.healthy:
+        if not self.healthy or self._entries:
             self.healthy = True
             await self._sync_pending()
+
+    async def aflush(self) -> None:
+        """Push outage changes now if Redis answers (called by the gateway's housekeeping)."""
+        if (self._entries or not self.healthy) and self._usable():
+            try:
+                await self._ok()
+            except Exception as exc:
+                if not _is_conn_error(exc):
+                    raise
+                self._down(exc)
 
     async def areserve(self, key: str, amount: float, budget: float) -> bool:
         if self._usable():
@@ -221,6 +279,10 @@ class RedisKeyStore:
                 if not _is_conn_error(exc):
                     raise
                 self._down(exc)
+        entry = {"id": uuid.uuid4().hex, "k": key, "s": float(actual)}
+        if self._journal is not None:
+            self._journal.append([entry])  # fsynced before the answer is sent
+        self._entries.append(entry)
         p = self._pending[key]
         p[0] += actual
         p[1] -= reserved
