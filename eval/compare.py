@@ -45,9 +45,14 @@ def compare_hulls(
     boot = np.array([M.hull_difference(h, b, costs) for h, b in zip(boot_hulls, boot_base,
                                                                      strict=True)])
     vertices = base[:, 0]
+    # a resample where c lies below either resampled hull's cheapest point gives no
+    # evidence of a difference at c: counted as 0, not left out (leaving it out keeps only
+    # the resamples whose cheap end moved down, which biases the interval away from 0 at
+    # the range's cheap end: a tied point came out "significantly better")
+    boot_ci = np.where(np.isfinite(boot), boot, 0.0) if len(boot) else boot
     points = []
     for k, c in enumerate(costs):
-        ci = M.percentile_ci(boot[:, k], level) if len(boot) else None
+        ci = M.percentile_ci(boot_ci[:, k], level) if len(boot) else None
         points.append({
             "cost": float(c),
             "quality": float(M.hull_value(hull, c)),
@@ -58,8 +63,9 @@ def compare_hulls(
         })
     better = [p for p in points if p["diff"] > TIE]
     worse = [p for p in points if p["diff"] < -TIE]
-    sig_better = [p for p in points if p["ci"] is not None and p["ci"][0] > 0]
-    sig_worse = [p for p in points if p["ci"] is not None and p["ci"][1] < 0]
+    # significant only where the estimate itself is on that side: a subset of better/worse
+    sig_better = [p for p in better if p["ci"] is not None and p["ci"][0] > 0]
+    sig_worse = [p for p in worse if p["ci"] is not None and p["ci"][1] < 0]
     boot_mean = _row_mean(boot)
     uncovered = None
     if float(hull[0, 0]) > float(base[0, 0]) * (1 + 1e-9) + TIE:

@@ -96,3 +96,43 @@ def test_evaluation_pairs_the_resamples():
     s["oracle"]["learned"] = True  # judged as if learned
     req = requirement(s, "task-static")
     assert req["all_beat"] is True and req["verdicts"] == {"oracle": "beats"}
+
+
+def _shift(hull: np.ndarray, dc: float) -> np.ndarray:
+    return hull + np.array([dc, 0.0])
+
+
+def test_a_tied_cheap_end_is_not_significant():
+    # both hulls start at the same point (cost 1, quality 0.5): tied there; the policy is
+    # better inside. Half the resamples move both cheap ends below cost 1 (there the policy
+    # is ahead at c=1), half above it (no difference defined at c=1). Leaving the second
+    # half out made the tied point "significantly better" (better at 18 of 20 points,
+    # significantly at 19, on a two-model dataset).
+    base = np.array([[1.0, 0.5], [3.0, 0.7]])
+    pol = np.array([[1.0, 0.5], [2.0, 0.68], [3.0, 0.75]])
+    shifts = [-0.1, 0.1] * 50
+    cmp = compare_hulls(pol, base, [_shift(pol, s) for s in shifts],
+                        [_shift(base, s) for s in shifts], n_grid=5)
+    first = cmp["points"][0]
+    assert first["cost"] == 1.0 and first["diff"] == 0.0
+    assert first["ci"][0] <= 0.0 < first["ci"][1]  # the undefined resamples count as 0
+    assert cmp["tied"] == 1 and cmp["better"] == len(cmp["points"]) - 1
+    assert cmp["significantly_better"] <= cmp["better"]
+    assert f"better than task-static at {cmp['better']} of" in cmp["summary"]
+
+
+def test_significant_counts_never_exceed_the_point_counts():
+    rng = np.random.default_rng(7)
+
+    def hull(n: int) -> np.ndarray:
+        c = np.sort(rng.uniform(0.5, 4.0, n))
+        return np.column_stack([c, np.sort(rng.uniform(0.3, 0.9, n))])
+
+    for _ in range(200):
+        pol, base = hull(int(rng.integers(1, 5))), hull(int(rng.integers(1, 5)))
+        jitter = [(rng.normal(0, 0.2), rng.normal(0, 0.02)) for _ in range(40)]
+        bp = [pol + np.array(j) for j in jitter]
+        bb = [base + np.array(j) for j in jitter]
+        cmp = compare_hulls(pol, base, bp, bb, n_grid=8)
+        assert cmp["significantly_better"] <= cmp["better"]
+        assert cmp["significantly_worse"] <= cmp["worse"]
