@@ -1,64 +1,48 @@
-"""The OpenAI-compatible gateway: FastAPI app, request flow, fallbacks, budgets, outcomes.
+"""The OpenAI-compatible gateway: the :class:`Gateway` wiring and the FastAPI routes.
 
-Request flow of ``POST /v1/chat/completions``: authenticate the key (sha256 lookup) and
-count it against its rate limit; read the body (size-capped) and validate it; resolve
-``model`` (router-auto / router-<policy>[-<lam>] / a backend name); for routed requests keep
-only backends that are not on cooldown and whose worst-case cost fits the key's remaining
-budget, embed the prompt and let the policy order them; then try candidates in order
-(at most ``1 + routing.max_fallback_tries``): reserve the call's worst-case cost, call the
-backend, settle the actual cost (or release on failure, put the backend on cooldown and
-try the next). The answer is the backend's body plus ``router`` (non-streaming) or the
-backend's SSE bytes unchanged followed by one SSE comment line ``: x-router {...}``
-(ignored by SSE clients) carrying the final cost; ``x-router-*`` headers on both. One
-outcome record per request goes to a background writer.
+A ``POST /v1/chat/completions`` request goes through one module per step:
+
+1. router.proxy.parsing: authenticate the key (sha256 lookup, rate limit), read the body
+   (size-capped), validate it, resolve ``model`` (router-auto / router-<policy>[-<lam>] / a
+   backend name) -> :class:`ChatCall`;
+2. router.proxy.planning: keep the backends that fit the key's budget and are not cooling
+   down, embed the prompt, let the policy order them -> :class:`RoutePlan`;
+3. router.proxy.execution: call the candidates in order with fallbacks, each call's
+   worst-case cost held on the key's spend (router.proxy.spend) and settled afterwards;
+4. router.proxy.responses: the answer (body plus ``router``, or the SSE bytes plus one
+   ``: x-router {...}`` comment line), the ``x-router-*`` headers and the one outcome record
+   per request (router.proxy.outcomes, written by a background writer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policies.base import Policy, PolicyError
-from router.proxy.backends import (
-    Backend,
-    BackendError,
-    BackendPool,
-    Completion,
-    StreamResult,
-    estimate_prompt_tokens,
-    jdumps,
-    jloads,
-    make_backend,
-)
+from router.proxy.backends import BackendPool, make_backend
 from router.proxy.config import ConfigError, GatewayConfig
-from router.proxy.keys import KeyInfo, KeyManager
+from router.proxy.execution import SingleCallExecutor
+from router.proxy.keys import KeyManager
+from router.proxy.loading import load_policies
 from router.proxy.metrics import Metrics
-from router.proxy.outcomes import FeedbackCache, FeedbackContext, OutcomeLogger, prompt_hash
-from router.proxy.routing import (
-    AUTO,
-    Candidate,
-    RoutePlan,
-    Router,
-    ServedPolicy,
-    Target,
-    load_encoder,
-    parse_model,
-    price_policy,
-)
+from router.proxy.outcomes import FeedbackCache, FeedbackContext, OutcomeLogger
+from router.proxy.parsing import parse_chat, read_body
+from router.proxy.planning import Planner
+from router.proxy.responses import Responder
+from router.proxy.routing import AUTO, Router, ServedPolicy, price_policy
 from router.proxy.schemas import (
     APIError,
     ChatCompletionRequest,
@@ -70,76 +54,15 @@ from router.proxy.schemas import (
     ModelList,
     validation_error_to_api,
 )
+from router.proxy.spend import Spend
+
+__all__ = ["Gateway", "create_app", "load_policies", "read_body"]
 
 log = logging.getLogger("costroute.gateway")
 
 
-@dataclass
-class Hold:
-    """Money reserved for one backend call: on the key's budget and, when pacing, globally."""
-
-    key: KeyInfo
-    amount: float
-    pacing: Any = None
-
-
 def new_request_id() -> str:
     return "cr-" + os.urandom(12).hex()
-
-
-# ---- building the pieces ------------------------------------------------------------
-
-
-def load_policies(cfg: GatewayConfig, artifact: str | None = None
-                  ) -> tuple[dict[str, tuple[Policy, Any]], str | None]:
-    """``{served name: (policy, encoder)}`` and the default's name, from the config."""
-    from policies import load_policy
-
-    r = cfg.routing
-    main = artifact or r.artifact
-    out: dict[str, tuple[Policy, Any]] = {}
-    encoders: dict[str, Any] = {}
-
-    def encoder_for(policy: Policy) -> Any:
-        enc_cfg = policy.meta_.get("encoder")
-        key = json.dumps(enc_cfg, sort_keys=True, default=str)
-        if key not in encoders:
-            try:
-                encoders[key] = load_encoder(enc_cfg, r.encoder_backend, policy.dim_,
-                                             device=r.encoder_device, use_cache=False,
-                                             threads=r.encoder_threads)
-            except ValueError as exc:  # EncoderError: no runtime loads, or a mismatch
-                raise ConfigError(f"routing: encoder ({r.encoder_backend}): {exc}") from None
-        return encoders[key]
-
-    def load(path: str, where: str) -> Policy:
-        if not Path(path).is_dir():
-            raise ConfigError(f"{where}: artifact directory {path!r} does not exist")
-        try:
-            return load_policy(path)
-        except PolicyError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-
-    default = None
-    if main:
-        policy = load(main, "--artifact" if artifact else "routing.artifact")
-        if r.policy and r.policy != policy.name:
-            raise ConfigError(f"routing.policy: {r.policy!r}, but the artifact {main} holds a "
-                              f"{policy.name!r} policy")
-        if policy.evaluation_only:
-            raise ConfigError(f"routing.artifact: {policy.name!r} is evaluation-only")
-        out[policy.name] = (policy, encoder_for(policy))
-        default = policy.name
-    for name, path in r.artifacts.items():
-        policy = load(path, f"routing.artifacts.{name}")
-        if policy.evaluation_only:
-            raise ConfigError(f"routing.artifacts.{name}: {policy.name!r} is evaluation-only")
-        out[name] = (policy, encoder_for(policy))
-    if not main and r.policy not in (None, "cheapest"):
-        raise ConfigError(f"routing.policy: {r.policy!r} needs a trained artifact; set "
-                          "routing.artifact or pass --artifact (without one, only the "
-                          "price-based 'cheapest' routing is available)")
-    return out, default
 
 
 class Gateway:
@@ -239,6 +162,12 @@ class Gateway:
                 raise ConfigError(str(exc)) from None
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="route")
         self._tasks: set[asyncio.Task] = set()
+        # the request's steps (see the module docstring)
+        self.planner = Planner(self.router, self.pool, self.metrics, self.executor)
+        self.spend = Spend(self.keys, self.pacer, self.pool, self.executor, self._spawn,
+                           r.estimate_output_tokens)
+        self.responder = Responder(self)
+        self.single = SingleCallExecutor(self)
         self.ready = False
         self.started_at = time.time()
         self._attach_bandit_stores()
@@ -342,265 +271,12 @@ class Gateway:
 
     async def _chat(self, request: Request, rid: str, rec: dict[str, Any],
                     t0: float) -> Response:
-        cfg = self.cfg
-        key = self.keys.authenticate(request.headers)
-        rec["key_id"] = key.id
-        await self.keys.check_rate(key)
-        raw = await read_body(request, cfg.routing.max_body_bytes)
-        try:
-            payload = jloads(raw)
-        except ValueError as exc:
-            raise APIError(400, f"Request body is not valid JSON: {exc}",
-                           code="invalid_json") from None
-        if not isinstance(payload, dict):
-            raise APIError(400, "Request body must be a JSON object.", code="invalid_json")
-        try:
-            req = ChatCompletionRequest.model_validate(payload)
-        except ValidationError as exc:
-            raise validation_error_to_api(exc) from None
-        rec.update(requested_model=req.model, stream=req.stream)
-        target = parse_model(req.model, self.router.names, self.pool.backends)
-        if target is None:
-            raise APIError(404, f"The model '{req.model}' does not exist. Use one of: "
-                                f"{', '.join(self.model_names())}.",
-                           code="model_not_found", param="model")
-        rec["kind"] = target.kind
-        text = req.routing_text()
-        rec["prompt_hash"] = prompt_hash(text)
-
-        prompt_tokens = estimate_prompt_tokens(payload["messages"])
-        asked_out = req.max_tokens or req.max_completion_tokens
-        max_out = asked_out or cfg.routing.reserve_output_tokens
-        remaining = await self.keys.remaining(key)
-        if remaining is not None and asked_out is None and cfg.keys.enforce_max_tokens:
-            # bound the real cost by the reservation
-            payload["max_tokens"] = cfg.routing.reserve_output_tokens
-
-        plan = await self._plan(target, text, key, remaining, prompt_tokens, max_out, rec)
+        call = await parse_chat(self, request, rec)
+        plan = await self.planner.plan(call)
         rec.update(policy=plan.policy, lam=plan.lam, budget=plan.budget,
                    candidates=[c.as_dict() for c in (plan.scores or plan.candidates)])
-        t_route = time.perf_counter()
-        rec["routing_ms"] = round((t_route - t0) * 1000, 3)
-        tries = 1 if target.kind == "passthrough" else 1 + cfg.routing.max_fallback_tries
-        attempts: list[dict[str, Any]] = []
-        rec["attempts"] = attempts
-        upstream_s = 0.0
-        last: BackendError | None = None
-        budget_refused = 0
-        todo = list(plan.candidates)
-        for _ in range(tries):
-            if not todo:
-                break
-            cand, pacing = await self._next_candidate(todo, prompt_tokens, max_out)
-            backend = self.pool[cand.backend]
-            hold = Hold(key, backend.max_cost(prompt_tokens, max_out), pacing)
-            if not await self.keys.reserve(key, hold.amount):
-                await self._release(Hold(key, 0.0, pacing))
-                budget_refused += 1
-                attempts.append({"model": backend.name, "error": "budget"})
-                continue
-            if attempts and attempts[-1].get("error") not in (None, "budget"):
-                self.metrics.fallbacks.labels(attempts[-1]["model"], backend.name).inc()
-            t_call = time.perf_counter()
-            try:
-                if req.stream:
-                    result = await backend.open_stream(payload)
-                else:
-                    result = await backend.complete(payload)
-            except BackendError as exc:
-                upstream_s += time.perf_counter() - t_call
-                await self._release(hold)
-                attempts.append({"model": backend.name, "error": exc.kind,
-                                 "status": exc.status, "message": exc.message[:300]})
-                self.metrics.errors.labels(backend.name, exc.kind).inc()
-                last = exc
-                if not exc.retryable:
-                    rec["model"] = backend.name
-                    raise APIError(exc.status or 400, f"{backend.name}: {exc.message}",
-                                   code="upstream_rejected") from None
-                self.pool.fail(backend.name)
-                continue
-            self.pool.ok(backend.name)
-            attempts.append({"model": backend.name, "error": None})
-            rec["model"] = backend.name
-            if plan.policy is not None and cand.score is not None:
-                self.metrics.decisions.labels(plan.policy, backend.name).inc()
-            if isinstance(result, StreamResult):
-                return self._stream_response(result, rec, plan, cand, hold, t0, t_call,
-                                             upstream_s)
-            upstream_s += time.perf_counter() - t_call
-            return self._json_response(result, rec, plan, cand, backend, hold, t0, upstream_s)
-        # nothing answered
-        if last is None and budget_refused:
-            raise APIError(402, f"Budget of key '{key.name}' exhausted: no backend's call fits "
-                                "the remaining budget.", code="budget_exceeded")
-        if last is None:
-            raise APIError(503, "No backend is available.", code="no_backend")
-        status = 504 if last.kind == "timeout" else 502
-        tried = "; ".join(
-            f"{a['model']} ({a['error']}" + (f" {a['status']}" if a.get("status") else "")
-            + (f": {a['message'][:120]}" if a.get("message") else "") + ")"
-            for a in attempts)
-        raise APIError(status, f"No backend could answer; tried {tried}.",
-                       code="upstream_timeout" if status == 504 else "upstream_error")
-
-    async def _plan(self, target: Target, text: str, key: KeyInfo, remaining: float | None,
-                    prompt_tokens: int, max_out: int, rec: dict[str, Any]) -> RoutePlan:
-        if target.kind == "passthrough":
-            backend = self.pool[target.backend]
-            if remaining is not None and backend.max_cost(prompt_tokens, max_out) > remaining:
-                raise APIError(402, f"Budget of key '{key.name}' exhausted: {backend.name} "
-                                    f"does not fit the remaining ${remaining:.6f}.",
-                               code="budget_exceeded")
-            return RoutePlan(None, None, None, [Candidate(backend.name)])
-        served, lam, budget = self.router.resolve(target)
-        names = self.pool.names()
-        if remaining is not None:
-            names = [n for n in names
-                     if self.pool[n].max_cost(prompt_tokens, max_out) <= remaining]
-            if not names:
-                raise APIError(402, f"Budget of key '{key.name}' exhausted: no backend's call "
-                                    f"fits the remaining ${remaining:.6f}.",
-                               code="budget_exceeded")
-        affordable = set(names)
-        allowed = affordable & self.pool.available()
-        if not allowed:  # everything cooling down: try anyway rather than refuse
-            allowed = affordable
-        t = time.perf_counter()
-        if served.inline:
-            x = self.router.embed(served, text)
-        else:
-            x = await self.router.aembed(served, text)
-        if served.remote_state:  # the policy reads shared state (Redis): off the event loop
-            plan = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.router.plan, served, x, lam, budget, allowed)
-        else:
-            plan = self.router.plan(served, x, lam, budget, allowed)
-        self.metrics.routing.observe(time.perf_counter() - t)
-        if not plan.candidates:
-            raise APIError(503, "No backend is available for this policy.", code="no_backend")
-        return plan
-
-    async def _next_candidate(self, todo: list[Candidate], prompt_tokens: int, max_out: int
-                              ) -> tuple[Candidate, Any]:
-        """Pop the next backend to try: plan order, or the pacer's pick when pacing."""
-        if self.pacer is None:
-            return todo.pop(0), None
-        est_out = self.cfg.routing.estimate_output_tokens
-        cost = [c.cost if c.cost is not None else self.pool[c.backend].cost(prompt_tokens, est_out)
-                for c in todo]
-        reserve = [self.pool[c.backend].max_cost(prompt_tokens, max_out) for c in todo]
-        idx, decision = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.pacer.pick, todo, cost, reserve)
-        return todo.pop(idx), decision
-
-    async def _settle(self, hold: Hold, actual: float) -> None:
-        await self.keys.settle(hold.key, hold.amount, actual)
-        if hold.pacing is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.pacer.commit, hold.pacing, actual)
-
-    async def _release(self, hold: Hold) -> None:
-        if hold.amount:
-            await self.keys.release(hold.key, hold.amount)
-        if hold.pacing is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.pacer.release, hold.pacing)
-
-    def _headers(self, rid: str, model: str, cost: float, **extra: str) -> dict[str, str]:
-        return {"x-router-model": model, "x-router-request-id": rid,
-                "x-router-cost": f"{cost:.10f}", **extra}
-
-    def _router_info(self, rec: dict[str, Any], plan: RoutePlan, cost: float) -> dict[str, Any]:
-        return {"model": rec["model"], "request_id": rec["request_id"], "cost": cost,
-                "policy": plan.policy, "lam": plan.lam, "budget": plan.budget,
-                "candidates": [c.as_dict() for c in plan.candidates],
-                "attempts": rec["attempts"]}
-
-    def _finish(self, rec: dict[str, Any], plan: RoutePlan, cand: Candidate, backend: str,
-                cost: float, prompt_tokens: int, completion_tokens: int, extra: dict[str, Any],
-                ) -> None:
-        m = self.metrics
-        m.spend.labels(backend).inc(cost)
-        m.tokens.labels(backend, "prompt").inc(prompt_tokens)
-        m.tokens.labels(backend, "completion").inc(completion_tokens)
-        rec.update(status="ok", http_status=200, cost=cost, prompt_tokens=prompt_tokens,
-                   completion_tokens=completion_tokens)
-        if extra.get("usage_estimated"):
-            rec["usage_estimated"] = True
-        if extra.get("replay"):
-            rec["replay"] = extra["replay"]
-        m.requests.labels(rec["kind"], "200").inc()
-        self.feedback_cache.put(rec["request_id"], FeedbackContext(
-            plan.policy, cand.policy_model, backend, plan.embedding, cost))
-        self.outcomes.submit(rec)
-        grade = extra.get("grade")
-        if grade is not None and self.cfg.replay.auto_feedback:
-            self._spawn(self.feedback(rec["request_id"], float(grade), source="replay"))
-
-    def _json_response(self, comp: Completion, rec: dict[str, Any], plan: RoutePlan,
-                       cand: Candidate, backend: Backend, hold: Hold, t0: float,
-                       upstream_s: float) -> Response:
-        cost = comp.cost
-        if hold.key.budget is not None or hold.pacing is not None:
-            self._spawn(self._settle(hold, cost))
-        body = comp.body
-        info = self._router_info(rec, plan, cost)
-        if comp.extra.get("replay"):
-            info["replay"] = comp.extra["replay"]
-        body["router"] = info
-        total = time.perf_counter() - t0
-        rec.update(latency_ms=round(total * 1000, 3), upstream_ms=round(upstream_s * 1000, 3),
-                   overhead_ms=round((total - upstream_s) * 1000, 3))
-        self.metrics.latency.labels(rec["kind"]).observe(total)
-        self.metrics.upstream_latency.labels(backend.name).observe(upstream_s)
-        self.metrics.overhead.observe(max(0.0, total - upstream_s))
-        self._finish(rec, plan, cand, backend.name, cost, comp.prompt_tokens,
-                     comp.completion_tokens, comp.extra)
-        headers = self._headers(rec["request_id"], backend.name, cost)
-        if comp.extra.get("replay"):
-            headers["x-router-replay-match"] = str(comp.extra["replay"].get("match"))
-        return Response(jdumps(body), media_type="application/json", headers=headers)
-
-    def _stream_response(self, sr: StreamResult, rec: dict[str, Any], plan: RoutePlan,
-                         cand: Candidate, hold: Hold, t0: float, t_call: float,
-                         upstream_before: float) -> StreamingResponse:
-        backend = sr.backend
-        est_cost = cand.cost if cand.cost is not None else backend.cost(
-            sr.meter.prompt_estimate, self.cfg.routing.estimate_output_tokens)
-        rec["ttfb_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-
-        async def body():
-            done = False
-            try:
-                async for chunk in sr.chunks():
-                    yield chunk
-                done = True
-                cost = sr.cost
-                info = {"model": backend.name, "request_id": rec["request_id"], "cost": cost,
-                        "usage_estimated": sr.meter.estimated}
-                if sr.extra.get("replay"):
-                    info["replay"] = sr.extra["replay"]
-                yield b": x-router " + jdumps(info) + b"\n\n"
-            finally:
-                p, c = sr.usage
-                cost = sr.cost
-                total = time.perf_counter() - t0
-                rec.update(latency_ms=round(total * 1000, 3),
-                           upstream_ms=round((time.perf_counter() - t_call + upstream_before)
-                                             * 1000, 3))
-                if sr.meter.estimated:
-                    rec["usage_estimated"] = True
-                if sr.error or not done:
-                    rec["stream_error"] = sr.error or "client disconnected"
-                self.metrics.latency.labels("stream").observe(total)
-                if hold.key.budget is not None or hold.pacing is not None:
-                    self._spawn(self._settle(hold, cost))
-                self._finish(rec, plan, cand, backend.name, cost, p, c, sr.extra)
-
-        headers = self._headers(rec["request_id"], backend.name, est_cost,
-                                **{"x-router-cost-estimated": "true", "cache-control": "no-cache"})
-        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+        rec["routing_ms"] = _ms(t0)
+        return await self.single.run(call, plan, rec, t0)
 
     # ---- feedback --------------------------------------------------------------------
     async def feedback(self, request_id: str, reward: float, source: str = "api"
@@ -671,22 +347,6 @@ class Gateway:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise APIError(413, f"Request body of {cl} bytes exceeds the limit of {limit} bytes.",
-                       code="request_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"Request body exceeds the limit of {limit} bytes.",
-                           code="request_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error_response(err: APIError) -> JSONResponse:

@@ -1,0 +1,77 @@
+"""Money held for backend calls: the key's budget and, when pacing, the global budget.
+
+Before each call its worst-case cost is reserved (:meth:`Spend.reserve`); afterwards the
+actual cost is settled (:meth:`Spend.settle_soon`) or the hold released on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from router.proxy.backends import BackendPool
+from router.proxy.keys import KeyInfo, KeyManager
+from router.proxy.routing import Candidate
+
+
+@dataclass
+class Hold:
+    """Money reserved for one backend call: on the key's budget and, when pacing, globally."""
+
+    key: KeyInfo
+    amount: float
+    pacing: Any = None
+
+
+class Spend:
+    """Reserve, settle and release :class:`Hold` s; picks the next candidate when pacing."""
+
+    def __init__(self, keys: KeyManager, pacer: Any, pool: BackendPool, executor: Executor,
+                 spawn: Callable[[Coroutine], None], estimate_output_tokens: int) -> None:
+        self.keys = keys
+        self.pacer = pacer
+        self.pool = pool
+        self.executor = executor
+        self.spawn = spawn
+        self.estimate_output_tokens = estimate_output_tokens
+
+    async def next_candidate(self, todo: list[Candidate], prompt_tokens: int, max_out: int
+                             ) -> tuple[Candidate, Any]:
+        """Pop the next backend to try: plan order, or the pacer's pick when pacing."""
+        if self.pacer is None:
+            return todo.pop(0), None
+        est_out = self.estimate_output_tokens
+        cost = [c.cost if c.cost is not None else self.pool[c.backend].cost(prompt_tokens, est_out)
+                for c in todo]
+        reserve = [self.pool[c.backend].max_cost(prompt_tokens, max_out) for c in todo]
+        idx, decision = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.pacer.pick, todo, cost, reserve)
+        return todo.pop(idx), decision
+
+    async def reserve(self, key: KeyInfo, amount: float, pacing: Any = None) -> Hold | None:
+        """A hold of ``amount`` on the key, or ``None`` (pacing released) when it does not fit."""
+        if not await self.keys.reserve(key, amount):
+            await self.release(Hold(key, 0.0, pacing))
+            return None
+        return Hold(key, amount, pacing)
+
+    async def settle(self, hold: Hold, actual: float) -> None:
+        await self.keys.settle(hold.key, hold.amount, actual)
+        if hold.pacing is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.pacer.commit, hold.pacing, actual)
+
+    def settle_soon(self, hold: Hold, actual: float) -> None:
+        """Settle in the background (nothing to do for an unlimited key without pacing)."""
+        if hold.key.budget is not None or hold.pacing is not None:
+            self.spawn(self.settle(hold, actual))
+
+    async def release(self, hold: Hold) -> None:
+        if hold.amount:
+            await self.keys.release(hold.key, hold.amount)
+        if hold.pacing is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.pacer.release, hold.pacing)
