@@ -71,9 +71,8 @@ def _last_question(text: str) -> str:
 
 # ---- answer keys -----------------------------------------------------------------------
 _LETTER_PATTERNS = (
-    re.compile(r"^\W*\(?([A-J])\)?(?:[\s\.\):,]|$)"),  # "B", "(B)", "B) text", "B."
-    re.compile(r"\b(?:answer|choice|option)\s*(?:is|:)?\s*:?\s*\(?\**([A-J])\b"),
-    re.compile(r"\b(?:answer|choice|option)\s*(?:is|:)?\s*:?\s*\(?\**([A-J])\)", re.I),
+    re.compile(r"^\W*\(?([A-J])\)?(?:[\s\.\):,*]|$)"),  # "B", "(B)", "B) text", "**B**"
+    re.compile(r"\b(?i:answer|choice|option)\s*(?i:is)?\s*:?\s*\(?\**([A-J])\b"),
     re.compile(r"^\s*\**\(?([A-J])\)", re.MULTILINE),
 )
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?")

@@ -1,0 +1,89 @@
+"""Offline replay of cascades over recorded responses (RouterBench ``|model_response``,
+JSONL ``responses``).
+
+For every lam of the sweep, each test prompt gets its plan from
+:meth:`policies.cascade.CascadePolicy.plan` (kind inferred from the prompt text) and
+:meth:`~policies.cascade.CascadePlan.step` runs on the recorded responses, exactly as the
+gateway runs it on live calls: the cost of a query is the sum of every call made, its
+quality that of the returned answer (0 when no call answered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.answers import infer_kind
+from policies.cascade import CascadePlan, CascadePolicy
+from router.dataset import RoutingDataset
+
+
+class CascadeEvalError(ValueError):
+    """A dataset a cascade cannot be replayed on (no recorded responses, unknown model)."""
+
+
+@dataclass
+class Replay:
+    """Per (lam, query) outcome of a cascade sweep, each (L, n)."""
+
+    quality: np.ndarray
+    cost: np.ndarray
+    returned: np.ndarray  # dataset column of the returned answer (-1: none)
+    calls: np.ndarray  # number of calls made
+    plans: list[dict[str, str]]  # per lam: kind -> plan description
+
+
+def no_responses_note(data: RoutingDataset) -> str | None:
+    """Why cascades cannot be replayed on ``data`` (None: they can)."""
+    if data.responses is None or all(r is None for row in data.responses for r in row):
+        return (f"{data.name}: no recorded responses (RouterBench '|model_response' columns "
+                "or JSONL 'responses'), so cascades are skipped")
+    return None
+
+
+def replay(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float],
+           budget: float | None = None) -> Replay:
+    """Run ``policy``'s plans over ``test``'s recorded responses at every lam."""
+    note = no_responses_note(test)
+    if note:
+        raise CascadeEvalError(note)
+    quality, cost = test.eval_matrices()
+    col = {m: j for j, m in enumerate(test.models)}
+    kinds = [infer_kind(p) for p in test.prompts]
+    n, L = len(test), len(lams)
+    out_q, out_c = np.zeros((L, n)), np.zeros((L, n))
+    out_r, out_k = np.full((L, n), -1, dtype=np.int64), np.zeros((L, n), dtype=np.int64)
+    plans: list[dict[str, str]] = []
+    memo: dict[tuple[CascadePlan, int], tuple[int, float, int]] = {}
+    for li, lam in enumerate(lams):
+        chosen = {k: policy.plan_for_kind(k, lam=float(lam), budget=budget) for k in set(kinds)}
+        plans.append({k: p.describe() for k, p in sorted(chosen.items())})
+        for i, kind in enumerate(kinds):
+            plan = chosen[kind]
+            key = (plan, i)
+            if key not in memo:
+                memo[key] = _run(plan, test.responses[i], cost[i], col)  # type: ignore[index]
+            r, c, k = memo[key]
+            out_r[li, i], out_c[li, i], out_k[li, i] = r, c, k
+            out_q[li, i] = quality[i, r] if r >= 0 else 0.0
+    return Replay(out_q, out_c, out_r, out_k, plans)
+
+
+def _run(plan: CascadePlan, responses: Sequence[str | None], cost: np.ndarray,
+         col: dict[str, int]) -> tuple[int, float, int]:
+    """(returned column, total cost, calls) of one prompt under ``plan``."""
+    missing = [m for m in plan.models if m not in col]
+    if missing:
+        raise CascadeEvalError(f"the cascade calls models the dataset lacks: {missing}")
+    answers: dict[str, str | None] = {}
+    spent, calls = 0.0, 0
+    step = plan.step(answers)
+    while not step.done:
+        for m in step.next_models:
+            answers[m] = responses[col[m]]
+            spent += float(cost[col[m]])
+            calls += 1
+        step = plan.step(answers)
+    return (-1 if step.model is None else col[step.model]), spent, calls

@@ -1,0 +1,253 @@
+"""Cascade plans (policies/cascade.py), their vectorised replay and the train-split search
+(policies/cascade_search.py), on small data the tests make, and offline replay
+(eval/cascades.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.cascades import CascadeEvalError, no_responses_note, replay
+from policies import Policy, PolicyError, make_policy
+from policies.cascade import CascadePlan, CascadePolicy, CascadeStage
+from policies.cascade_search import Table, simulate
+from router.dataset import RoutingDataset
+from tests.conftest import ROUTERBENCH, needs_shared
+
+LETTERS = "ABCD"
+MODELS = ["cheap-a", "cheap-b", "big"]
+PRICE = {"cheap-a": 0.0001, "cheap-b": 0.0002, "big": 0.01}
+SKILL = {"cheap-a": 0.72, "cheap-b": 0.75, "big": 0.97}
+
+
+def mc_prompt(i: int) -> str:
+    return (f"Question {i}: which option is right?\nA) one\nB) two\nC) three\nD) four\n"
+            "Answer:\n")
+
+
+def make_data(n: int, seed: int, *, numbers: int = 0) -> RoutingDataset:
+    """Multiple-choice rows (and ``numbers`` arithmetic rows): each model answers right
+    with its skill, else a random wrong answer; quality 1 when right."""
+    rng = np.random.default_rng(seed)
+    prompts, tasks, responses, quality = [], [], [], []
+    for i in range(n + numbers):
+        is_mc = i < n
+        truth = LETTERS[rng.integers(4)] if is_mc else str(rng.integers(10, 99))
+        row, qrow = [], []
+        for m in MODELS:
+            right = rng.random() < SKILL[m]
+            if right:
+                ans = truth
+            elif is_mc:
+                ans = rng.choice([x for x in LETTERS if x != truth])
+            else:
+                ans = str(int(truth) + int(rng.integers(1, 5)))
+            row.append(ans if is_mc else f"Adding them up gives {ans}.")
+            qrow.append(float(right))
+        prompts.append(mc_prompt(i) if is_mc else f"How many apples are left in basket {i}?")
+        tasks.append("quiz" if is_mc else "sums")
+        responses.append(row)
+        quality.append(qrow)
+    cost = np.array([[PRICE[m] * rng.uniform(0.8, 1.2) for m in MODELS]
+                     for _ in prompts])
+    return RoutingDataset("synthetic", prompts, tasks, list(MODELS), np.array(quality), cost,
+                          responses=responses)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> CascadePolicy:
+    train = make_data(600, seed=1, numbers=120)
+    return make_policy("cascade").fit_dataset(train, np.zeros((len(train), 1), np.float32))
+
+
+PAIR = CascadePlan("mc", (CascadeStage(("cheap-a", "cheap-b"), 2), CascadeStage(("big",), 1)))
+
+
+# ---- the decision rule ------------------------------------------------------------------
+def test_step_agreement_stops_with_the_preferred_agreeing_model() -> None:
+    assert PAIR.first() == ("cheap-a", "cheap-b")
+    first = PAIR.step({})
+    assert not first.done and first.next_models == ("cheap-a", "cheap-b")
+    waiting = PAIR.step({"cheap-a": "B"})
+    assert not waiting.done and waiting.next_models == ("cheap-b",)
+    step = PAIR.step({"cheap-a": "B", "cheap-b": "(B) two"})
+    assert step.done and step.model == "cheap-b" and set(step.agreed) == {"cheap-a", "cheap-b"}
+
+
+def test_step_disagreement_and_failure_escalate() -> None:
+    for answers in ({"cheap-a": "B", "cheap-b": "C"}, {"cheap-a": "B", "cheap-b": None},
+                    {"cheap-a": None, "cheap-b": None}, {"cheap-a": "B", "cheap-b": "Hmm,"}):
+        step = PAIR.step(answers)
+        assert not step.done and step.next_models == ("big",), answers
+    final = PAIR.step({"cheap-a": "B", "cheap-b": "C", "big": "C"})
+    assert final.done and final.model == "big" and set(final.agreed) == {"cheap-b", "big"}
+
+
+def test_last_stage_is_accepted_unconditionally_and_failures_fall_back() -> None:
+    step = PAIR.step({"cheap-a": "B", "cheap-b": "C", "big": "I am not sure"})
+    assert step.done and step.model == "big" and step.agreed == ("big",)
+    fallback = PAIR.step({"cheap-a": "B", "cheap-b": "C", "big": None})
+    assert fallback.done and fallback.model in {"cheap-a", "cheap-b"}
+    nothing = PAIR.step({"cheap-a": None, "cheap-b": None, "big": None})
+    assert nothing.done and nothing.model is None and nothing.agreed == ()
+
+
+def test_plan_errors_and_json_round_trip() -> None:
+    with pytest.raises(PolicyError, match="does not call"):
+        PAIR.step({"stranger": "A"})
+    with pytest.raises(PolicyError, match="twice"):
+        CascadePlan("mc", (CascadeStage(("a",), 1), CascadeStage(("a",), 1)))
+    with pytest.raises(PolicyError, match="answer kind"):
+        CascadePlan("essay", (CascadeStage(("a",), 1),))
+    with pytest.raises(PolicyError, match="min_agree"):
+        CascadeStage(("a",), 0)
+    with pytest.raises(PolicyError, match="not a cascade plan"):
+        CascadePlan.from_json({"kind": "mc"})
+    assert CascadePlan.from_json(json.loads(json.dumps(PAIR.to_json()))) == PAIR
+    assert PAIR.describe() == "cheap-a+cheap-b>=2 -> big"
+
+
+def _random_plan(rng: np.random.Generator, m: int) -> list[tuple[list[int], int]]:
+    cols = list(rng.permutation(m))
+    stages, start = [], 0
+    for _ in range(int(rng.integers(1, 4))):
+        if start >= m:
+            break
+        size = int(rng.integers(1, min(3, m - start) + 1))
+        stages.append((cols[start:start + size], int(rng.integers(1, 4))))
+        start += size
+    return stages
+
+
+def test_vectorised_replay_matches_step() -> None:
+    """simulate() (the search's numpy replay) decides exactly as CascadePlan.step."""
+    rng = np.random.default_rng(7)
+    n, m = 300, 5
+    models = [f"m{j}" for j in range(m)]
+    choices = np.array(list("ABC") + ["Hmm", None], dtype=object)
+    responses = [[choices[k] for k in rng.choice(5, size=m, p=[.3, .3, .2, .1, .1])]
+                 for _ in range(n)]
+    quality = rng.random((n, m))
+    cost = rng.random((n, m))
+    table = Table.build(["mc"] * n, responses, quality, cost)
+    for _ in range(40):
+        stages = _random_plan(rng, m)
+        prefer = tuple(models[j] for j in rng.permutation(m))
+        plan = CascadePlan("mc", tuple(CascadeStage(tuple(models[j] for j in cols), need)
+                                       for cols, need in stages), prefer)
+        rank = np.array([plan.rank().get(x, m + j) for j, x in enumerate(models)])
+        q, c, rep = simulate(table, stages, rank)
+        for i in range(n):
+            answers: dict[str, str | None] = {}
+            spent = 0.0
+            step = plan.step(answers)
+            while not step.done:
+                for x in step.next_models:
+                    answers[x] = responses[i][models.index(x)]
+                    spent += cost[i, models.index(x)]
+                step = plan.step(answers)
+            want = -1 if step.model is None else models.index(step.model)
+            assert rep[i] == want, (plan.describe(), responses[i])
+            assert c[i] == pytest.approx(spent)
+            assert q[i] == (quality[i, want] if want >= 0 else 0.0)
+
+
+# ---- the learned policy -----------------------------------------------------------------
+def test_search_learns_agreement_then_escalation(fitted: CascadePolicy) -> None:
+    assert set(fitted.kinds_) == {"mc", "number"}
+    best = fitted.plan(mc_prompt(1), lam=0.0)
+    assert "big" in best.models
+    cheapest = fitted.plan(mc_prompt(1), lam=1e6)
+    assert cheapest.models == ("cheap-a",)
+    middle = [c.plan for c in fitted.choices("mc")
+              if len(c.plan.stages) > 1 and c.plan.stages[-1].models == ("big",)]
+    assert any(set(p.first()) == {"cheap-a", "cheap-b"} and p.stages[0].min_agree == 2
+               for p in middle), [p.describe() for p in middle]
+    for c in fitted.choices("mc"):  # lam ranges ascend, dearer plans first
+        assert c.lam_low >= 0
+    lows = [c.lam_low for c in fitted.choices("mc")]
+    assert lows == sorted(lows) and lows[0] == 0.0
+    assert fitted.plan("How many pears?", lam=0.0).kind == "number"
+
+
+def test_cascade_beats_every_single_model_on_fresh_data(fitted: CascadePolicy) -> None:
+    """On a test set drawn afresh, some learned plan is as good as the big model for a
+    fraction of its cost (agreement of the two cheap models is informative here)."""
+    test = make_data(400, seed=2)
+    lams = [0.0] + list(np.geomspace(1, 1e4, 15))
+    out = replay(fitted, test, lams)
+    q, c = out.quality.mean(axis=1), out.cost.mean(axis=1)
+    big = test.models.index("big")
+    big_q, big_c = test.quality[:, big].mean(), test.cost[:, big].mean()
+    cheap = (q >= big_q - 0.03) & (c <= 0.6 * big_c)
+    assert cheap.any(), list(zip(q.round(3), (c / big_c).round(2), strict=True))
+    assert (out.calls >= 1).all() and (out.calls <= 3).all()
+
+
+def test_budget_picks_the_best_plan_that_fits(fitted: CascadePolicy) -> None:
+    options = fitted.choices("mc")
+    budget = sorted(c.cost for c in options)[len(options) // 2]
+    plan = fitted.plan(mc_prompt(3), budget=budget)
+    fits = [c for c in options if c.cost <= budget]
+    assert plan.stages == max(fits, key=lambda c: c.quality).plan.stages
+    assert fitted.plan(mc_prompt(3), budget=0.0).stages == min(
+        options, key=lambda c: c.cost).plan.stages
+    with pytest.raises(PolicyError, match="budget"):
+        fitted.plan(mc_prompt(3), budget=-1.0)
+
+
+def test_save_load_round_trip(fitted: CascadePolicy, tmp_path: Path) -> None:
+    path = fitted.save(tmp_path / "cascade")
+    config = json.loads((path / "config.json").read_text())
+    assert config["policy"] == "cascade" and config["state"]["plans"]["mc"]
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        assert npz.files
+    loaded = Policy.load(path)
+    assert isinstance(loaded, CascadePolicy)
+    assert loaded.plans_ == fitted.plans_
+    for lam in (0.0, 30.0, 1e5):
+        assert loaded.plan(mc_prompt(5), lam=lam) == fitted.plan(mc_prompt(5), lam=lam)
+    X = np.zeros((4, 1), np.float32)
+    est, est2 = fitted.predict(X, tasks=["quiz"] * 4), loaded.predict(X, tasks=["quiz"] * 4)
+    assert est.quality.shape == (4, 3) and np.allclose(est.quality, est2.quality)
+    assert loaded.route(X, tasks=["quiz"] * 4)[0] == MODELS.index("big")
+    config["state"]["plans"] = {"mc": [{"lam_low": 0}]}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PolicyError, match="cascade artifact"):
+        Policy.load(path)
+
+
+def test_fit_needs_responses_and_replay_needs_them_too(fitted: CascadePolicy) -> None:
+    data = make_data(50, seed=3)
+    bare = RoutingDataset("bare", data.prompts, data.tasks, data.models, data.quality,
+                          data.cost)
+    with pytest.raises(PolicyError, match="responses"):
+        make_policy("cascade").fit_dataset(bare, np.zeros((50, 1), np.float32))
+    assert "no recorded responses" in (no_responses_note(bare) or "")
+    with pytest.raises(CascadeEvalError, match="cascades are skipped"):
+        replay(fitted, bare, [0.0])
+    with pytest.raises(PolicyError, match="folds"):
+        make_policy("cascade", folds=1).fit_dataset(data, np.zeros((50, 1), np.float32))
+
+
+@pytest.mark.slow
+@needs_shared
+def test_routerbench_subset_cascade_on_arc() -> None:
+    """On the shared subset (choices on train only), the learned ARC cascade gets within
+    0.015 of gpt-4's test accuracy for under half of its cost."""
+    from router.datasets import load_split
+
+    split = load_split(ROUTERBENCH)
+    policy = make_policy("cascade").fit_dataset(
+        split.train, np.zeros((len(split.train), 1), np.float32))
+    arc = [i for i, t in enumerate(split.test.tasks) if t == "arc-challenge"]
+    test = split.test.subset(arc)
+    out = replay(policy, test, [0.0] + list(np.geomspace(1, 1e3, 30)))
+    g = test.models.index("gpt-4-1106-preview")
+    quality, cost = test.eval_matrices()
+    q4, c4 = quality[:, g].mean(), cost[:, g].mean()
+    q, c = out.quality.mean(axis=1), out.cost.mean(axis=1)
+    assert ((q >= q4 - 0.015) & (c <= 0.5 * c4)).any()
