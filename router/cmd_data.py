@@ -43,6 +43,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--test-fraction", type=float, default=0.3,
                       help="test share when writing a train/test pair (default 0.3)")
+    from router import cmd_from_logs, cmd_label
+
+    label = sub.add_parser("label", help="answer and grade prompts with the config's backends",
+                           description=cmd_label.__doc__.split("\n")[0].split(": ", 1)[1])
+    cmd_label.configure(label)
+    logs = sub.add_parser("from-logs", help="gateway outcome logs + feedback -> a dataset",
+                          description=cmd_from_logs.__doc__.split("\n")[0].split(": ", 1)[1])
+    cmd_from_logs.configure(logs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +59,14 @@ def run(args: argparse.Namespace) -> int:
     action = getattr(args, "data_command", None)
     if action is None:
         raise CLIError("give an action: router data inspect PATH | router data demo --out PATH")
+    if action == "label":
+        from router import cmd_label
+
+        return cmd_label.run(args)
+    if action == "from-logs":
+        from router import cmd_from_logs
+
+        return cmd_from_logs.run(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code = _inspect(args) if action == "inspect" else _demo(args)

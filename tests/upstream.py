@@ -13,6 +13,12 @@ start or at run time through ``POST /_control``::
 ``timeout`` holds the call ``hang_seconds`` (default 30) before answering. ``GET /_stats``
 counts calls per model, ``POST /_reset`` clears knobs and counters.
 
+Scripted models (in-process only): :meth:`Upstream.script` gives a model a function
+``answer(prompt_text) -> str``; its replies are that text, with ``completion_tokens`` from
+the answer's length (4 characters a token), so scripted models play real models with
+their own answers and costs (a judge is a scripted model too). ``prompt_calls`` counts
+calls per ``(model, prompt text)``.
+
 Run it alone: ``python -m tests.upstream --port 9100 --latency-ms 10``; in tests use
 :class:`UpstreamServer` (a uvicorn server in a thread on a free port).
 """
@@ -53,6 +59,8 @@ class Upstream:
         self.calls: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.scripts: dict[str, Any] = {}
+        self.prompt_calls: Counter[tuple[str, str]] = Counter()
 
     # ---- state ----------------------------------------------------------------------
     def knobs(self, model: str) -> Knobs:
@@ -77,6 +85,15 @@ class Upstream:
             self.per_model.clear()
             self.calls.clear()
             self.failures.clear()
+            self.prompt_calls.clear()
+
+    def script(self, model: str, answer: Any) -> None:
+        """Answer ``model``'s calls with ``answer(prompt_text)`` (None: the default reply)."""
+        with self.lock:
+            if answer is None:
+                self.scripts.pop(model, None)
+            else:
+                self.scripts[model] = answer
 
     def _should_fail(self, model: str, knobs: Knobs) -> str | None:
         if knobs.fail is None:
@@ -149,10 +166,17 @@ class Upstream:
             c if isinstance(c, str) else json.dumps(c)
             for c in (m.get("content") or "" for m in messages if isinstance(m, dict))
         )
+        with self.lock:
+            self.prompt_calls[(model, text_in)] += 1
+            scripted = self.scripts.get(model)
         prompt_tokens = max(1, len(text_in) // 4)
         n_out = int(req.get("max_tokens") or req.get("max_completion_tokens") or 10**9)
-        out_tokens = min(knobs.completion_tokens, n_out)
-        answer = f"[{model}] reply to: {text_in[:40]}"
+        if scripted is not None:
+            answer = str(scripted(text_in))
+            out_tokens = min(max(1, (len(answer) + 3) // 4), n_out)
+        else:
+            out_tokens = min(knobs.completion_tokens, n_out)
+            answer = f"[{model}] reply to: {text_in[:40]}"
         created = int(time.time())
         cid = f"chatcmpl-up{created}{self.calls[model]}"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
@@ -257,6 +281,9 @@ class UpstreamServer(ThreadedServer):
     def calls(self, model: str) -> int:
         return self.upstream.calls[model]
 
+    def script(self, model: str, answer: Any) -> None:
+        self.upstream.script(model, answer)
+
 
 # ---- helpers for gateway tests and benchmarks ---------------------------------------
 
@@ -327,6 +354,88 @@ def gateway_config(upstream_base: str, artifact: str | Path | None, state_dir: s
         else:
             data[key] = value
     return parse_config(data, source="test config")
+
+
+# ---- "your own models": three scripted models and a judge ------------------------------
+
+#: model -> (USD per input token, USD per output token)
+OWN_MODELS = {"small": (1e-7, 2e-7), "medium": (1e-6, 3e-6), "large": (1e-5, 3e-5)}
+#: the largest question level each model answers correctly (levels 0, 1, 2)
+OWN_SKILL = {"small": 0, "medium": 1, "large": 2}
+OWN_TEMPLATES = (
+    "Quick sum {i}: what is {a} + {b}?",
+    "Two step arithmetic problem {i}: compute {a} * {b} + {c} and give the number.",
+    "Hard multi step word problem {i}: a shop sells {a} boxes of {b} pens each and then "
+    "buys {c} more pens; after giving away half of all the pens, how many pens are left?",
+)
+
+
+def own_question(i: int, level: int) -> tuple[str, int]:
+    """A question of difficulty ``level`` (0-2) and its true integer answer."""
+    a, b, c = 3 + i % 17, 4 + i % 13, 2 * (5 + i % 11)
+    answer = (a + b, a * b + c, (a * b + c) // 2)[level]
+    return OWN_TEMPLATES[level].format(i=i, a=a, b=b, c=c), answer
+
+
+def own_prompts(n: int, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` prompt-file records (id, prompt, answer), levels cycling 0, 1, 2."""
+    out = []
+    for i in range(start, start + n):
+        text, answer = own_question(i, i % 3)
+        out.append({"id": f"q{i}", "prompt": text, "answer": str(answer)})
+    return out
+
+
+def _own_level(text: str) -> int:
+    for level, tpl in enumerate(OWN_TEMPLATES):
+        if text.startswith(tpl.split("{", 1)[0]):
+            return level
+    return 0
+
+
+def own_answer(model: str, text: str) -> str:
+    """Scripted answer of ``model``: right up to its skill, off by one above it; larger
+    models write longer answers (so they cost more per call, as real ones do)."""
+    import re
+
+    level = _own_level(text)
+    m = re.search(r"(\d+)\D+(\d+)(?:\D+(\d+))?", text.split(":", 1)[-1])
+    a, b = int(m.group(1)), int(m.group(2))
+    c = int(m.group(3) or 0)
+    truth = (a + b, a * b + c, (a * b + c) // 2)[level]
+    got = truth if level <= OWN_SKILL[model] else truth + 1
+    pad = {"small": "", "medium": "Working it out carefully. ",
+           "large": "Let me reason about this step by step, checking each part. " * 3}[model]
+    return f"{pad}The answer is {got}."
+
+
+def own_judge(text: str) -> str:
+    """A judge: SCORE 1 when the assistant's final number equals the reference's."""
+    import re
+
+    ref = re.search(r"Reference answer:\n(.*?)\n\n", text, re.DOTALL)
+    ans = re.search(r"Assistant answer:\n(.*?)\n\nGrade", text, re.DOTALL)
+    if ref is None or ans is None:
+        return "I cannot tell."
+    nums = re.findall(r"-?\d+", ans.group(1))
+    ok = bool(nums) and nums[-1] == ref.group(1).strip()
+    return f"SCORE: {1 if ok else 0}"
+
+
+def play_own_models(server: UpstreamServer, judge: str = "judge") -> None:
+    """Script ``small``/``medium``/``large`` (see :func:`own_answer`) and a ``judge``."""
+    for model in OWN_MODELS:
+        server.script(model, lambda text, m=model: own_answer(m, text))
+    server.script(judge, own_judge)
+
+
+def own_config(base: str, state_dir: str | Path, judge: str = "judge",
+               **routing: Any) -> dict[str, Any]:
+    """A gateway config (a dict, to dump as YAML) of the three models and the judge."""
+    models = [backend_entry(m, base, p_in, p_out) for m, (p_in, p_out) in OWN_MODELS.items()]
+    models.append(backend_entry(judge, base, 5e-6, 1e-5))
+    return {"model_list": models, "routing": {"fallback": list(OWN_MODELS), **routing},
+            "state": {"dir": str(state_dir)}}
 
 
 class GatewayServer(ThreadedServer):
