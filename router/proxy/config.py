@@ -178,6 +178,9 @@ class StateConfig(_Strict):
     #: answer a (non-streaming) request only once its outcome record is stored, so a replica
     #: crash loses no record of an answered request (group commit; costs one store write)
     sync_outcomes: bool = False
+    #: keep each request's routing text (its last user message) in its outcome record, so
+    #: `router data from-logs` builds a training set without a prompt file
+    log_prompts: bool = False
 
     @field_validator("redis_url")
     @classmethod

@@ -80,6 +80,8 @@ async def parse_chat(gw: Gateway, request: Request, rec: dict[str, Any]) -> Chat
     rec["kind"] = target.kind
     text = req.routing_text()
     rec["prompt_hash"] = prompt_hash(text)
+    if cfg.state.log_prompts:
+        rec["prompt"] = text
 
     prompt_tokens = estimate_prompt_tokens(payload["messages"])
     asked_out = req.max_tokens or req.max_completion_tokens

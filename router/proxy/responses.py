@@ -85,6 +85,8 @@ class Responder:
         self.finish(rec, plan, cand, backend.name, cost, comp.prompt_tokens,
                     comp.completion_tokens, comp.extra)
         headers = router_headers(rec["request_id"], backend.name, cost)
+        if plan.policy is not None:  # the trade-off in force (routing.lam, or the request's)
+            headers["x-router-lam"] = repr(float(plan.lam))
         if comp.extra.get("replay"):
             headers["x-router-replay-match"] = str(comp.extra["replay"].get("match"))
         return Response(jdumps(body), media_type="application/json", headers=headers)
@@ -127,4 +129,6 @@ class Responder:
 
         headers = router_headers(rec["request_id"], backend.name, est_cost,
                                  **{"x-router-cost-estimated": "true", "cache-control": "no-cache"})
+        if plan.policy is not None:
+            headers["x-router-lam"] = repr(float(plan.lam))
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
