@@ -87,3 +87,27 @@ def _run(plan: CascadePlan, responses: Sequence[str | None], cost: np.ndarray,
             calls += 1
         step = plan.step(answers)
     return (-1 if step.model is None else col[step.model]), spent, calls
+
+
+def sweep_cascade(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float]
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict, float, float]:
+    """The harness's sweep of a cascade: (returned column (L, n), (quality, cost) (L, n),
+    results.json extras, plan seconds, replay seconds)."""
+    import time
+
+    t0 = time.perf_counter()
+    kinds = sorted({infer_kind(p) for p in test.prompts})
+    for kind in kinds:
+        policy.plan_for_kind(kind)  # fails early on an unfitted policy
+    t1 = time.perf_counter()
+    out = replay(policy, test, lams)
+    t2 = time.perf_counter()
+    search = getattr(policy, "search_", {}).get("kinds", {})
+    extra = {"cascade": {
+        "test_kinds": {k: sum(infer_kind(p) == k for p in test.prompts) for k in kinds},
+        "mean_calls": out.calls.mean(axis=1).round(4).tolist(),
+        "plans": out.plans,
+        "search": {k: {"rows": v.get("rows"), "candidates": v.get("candidates")}
+                   for k, v in search.items()},
+    }}
+    return out.returned, (out.quality, out.cost), extra, t1 - t0, t2 - t1

@@ -94,6 +94,7 @@ class EvalContext:
     X_train: np.ndarray | None = None
     X_test: np.ndarray | None = None
     artifact_X: dict[int, np.ndarray] = field(default_factory=dict)  # own-encoder test X
+    skipped: dict[str, str] = field(default_factory=dict)  # policy label -> why
     timings: dict[str, float] = field(default_factory=dict)
 
     def say(self, msg: str) -> None:
@@ -352,6 +353,12 @@ def _train_and_sweep(ctx: EvalContext, evaluation, specs, artifacts) -> None:
     for spec, loaded in jobs:
         bar.set_postfix_str(spec.label)
         timings: dict[str, float] = {}
+        why = _cannot_run(ctx, spec, loaded)
+        if why:
+            ctx.say(f"{spec.label}: {why}")
+            ctx.skipped[spec.label] = why
+            bar.update(1)
+            continue
         try:
             if loaded is None:
                 klass = get_policy_class(spec.name)
@@ -369,21 +376,48 @@ def _train_and_sweep(ctx: EvalContext, evaluation, specs, artifacts) -> None:
             else:
                 X_test = ctx.artifact_X.get(id(policy), ctx.X_test)
             columns = H.model_map(policy, evaluation.models, spec.label)
-            choices, t_pred, t_route = H.sweep_policy(
-                policy, X_test, ctx.lams, ctx.test.tasks, (quality, cost), columns
-            )
+            outcomes, extra = None, {}
+            if spec.name in H.ANSWER_AWARE:  # replayed over the recorded responses
+                from eval.cascades import sweep_cascade
+
+                choices, outcomes, extra, t_pred, t_route = sweep_cascade(
+                    policy, ctx.test, ctx.lams)
+            else:
+                choices, t_pred, t_route = H.sweep_policy(
+                    policy, X_test, ctx.lams, ctx.test.tasks, (quality, cost), columns
+                )
         except PolicyError as exc:
             raise PolicyError(f"{spec.label}: {exc}") from None
         timings.update(predict_s=t_pred, route_s=t_route)
         evaluation.add(H.PolicyResult(
             spec.label, spec.name, source, spec.params, choices,
-            {k: round(v, 4) for k, v in timings.items()},
+            {k: round(v, 4) for k, v in timings.items()}, outcomes=outcomes, extra=extra,
         ))
         bar.update(1)
     bar.close()
     ctx.timings["train_sweep_s"] = sum(
         sum(r.timings.values()) for r in evaluation.results
     )
+    if not evaluation.results:
+        from router.cli import CLIError
+
+        raise CLIError("no policy could be evaluated: " + "; ".join(
+            f"{label}: {why}" for label, why in ctx.skipped.items()))
+
+
+def _cannot_run(ctx: EvalContext, spec, loaded) -> str | None:
+    """Why a policy is skipped on this data (a cascade without recorded responses)."""
+    from eval.cascades import no_responses_note
+    from policies import get_policy_class
+
+    klass = type(loaded) if loaded is not None else get_policy_class(spec.name)
+    if "responses" not in klass.requires:
+        return None
+    for data in ((ctx.test,) if loaded is not None else (ctx.train, ctx.test)):
+        note = no_responses_note(data)
+        if note:
+            return note
+    return None
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -437,6 +471,7 @@ def _results_json(ctx: EvalContext, evaluation, scores: dict[str, Any]) -> dict[
         "best_single": ref.models[ref.best],
         "reference": evaluation.reference_json(),
         "policies": scores,
+        "skipped": dict(ctx.skipped),
         "vs_task_static": requirement(scores, evaluation.baseline_label()),
     }
 

@@ -30,8 +30,11 @@ def compare_hulls(
     boot_base: Sequence[np.ndarray] = (),
     n_grid: int = N_GRID,
     level: float = 0.95,
+    baseline: str = BASELINE,
 ) -> dict[str, Any]:
     """Quality difference ``hull - base`` at matched costs, with paired bootstrap CIs.
+
+    ``baseline`` names the policy of ``base`` in the result and its summary line.
 
     ``boot_hulls[b]`` and ``boot_base[b]`` must come from the same resample ``b``.
     Returns the points, the counts of better / tied / worse and significantly better /
@@ -71,7 +74,7 @@ def compare_hulls(
     if float(hull[0, 0]) > float(base[0, 0]) * (1 + 1e-9) + TIE:
         uncovered = [float(base[0, 0]), float(hull[0, 0])]
     out: dict[str, Any] = {
-        "baseline": BASELINE,
+        "baseline": baseline,
         "cost_range": [float(costs[0]), float(costs[-1])],
         "n_points": len(points),
         "better": len(better),

@@ -36,6 +36,9 @@ NOT_DEFAULT = frozenset({"single"})
 #: fixed-rule and reference policies (the embedding-free ones and random); every other
 #: policy counts as learned
 BASELINE_POLICIES = EMBEDDING_FREE | {"random"}
+#: policies that read the models' answers before deciding (compared with the best
+#: prompt-only learned policy as well as with task-static)
+ANSWER_AWARE = frozenset({"cascade"})
 DEFAULT_LAM_POINTS = 60
 CI_LEVEL = 0.95
 
@@ -329,6 +332,10 @@ class PolicyResult:
     params: dict[str, Any]
     choices: np.ndarray  # (L, n) dataset column per lam and query
     timings: dict[str, float] = field(default_factory=dict)
+    #: (quality, cost), each (L, n), when they are not those of the chosen column (a
+    #: cascade's cost is every call it made; ``choices`` is then the returned answer's)
+    outcomes: tuple[np.ndarray, np.ndarray] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # policy-specific results.json data
 
 
 class Evaluation:
@@ -374,8 +381,13 @@ class Evaluation:
             raise EvalError(f"{result.label}: choices have shape {result.choices.shape}")
         self.results.append(result)
 
-    def selected(self, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(L, n) quality and cost of the chosen models."""
+    def selected(self, choices: np.ndarray | PolicyResult) -> tuple[np.ndarray, np.ndarray]:
+        """(L, n) quality and cost of the chosen models (of a result: its own outcomes
+        when it has them)."""
+        if isinstance(choices, PolicyResult):
+            if choices.outcomes is not None:
+                return choices.outcomes
+            choices = choices.choices
         rows = np.arange(choices.shape[1])[None, :]
         return self.quality[rows, choices], self.cost[rows, choices]
 
@@ -395,7 +407,7 @@ class Evaluation:
         for res in self.results:
             if progress:
                 progress(res.label)
-            qsel, csel = self.selected(res.choices)
+            qsel, csel = self.selected(res)
             cost, quality = csel.mean(axis=1), qsel.mean(axis=1)
             s = score_curve(cost, quality, self.ref)
             strong_share = (res.choices == self.ref.strong).mean(axis=1)
@@ -427,9 +439,39 @@ class Evaluation:
             entry["per_task"] = self._per_task(qsel, csel)
             entry["learned"] = res.name not in BASELINE_POLICIES
             entry["timings"] = res.timings
+            entry["answer_aware"] = res.name in ANSWER_AWARE
+            if res.extra:
+                entry.update(res.extra)
             out[res.label] = entry
         self._compare_to_baseline(out, boot_hulls)
+        self._compare_to_prompt_only(out, boot_hulls, boot_ref)
         return out
+
+    def _compare_to_prompt_only(self, out: dict[str, Any], boot_hulls: dict[str, list],
+                                boot_ref: dict[str, np.ndarray]) -> None:
+        """``vs_best_prompt_only`` of every answer-aware policy (cascades): against the
+        learned prompt-only policy of best test AIQ, the matched-cost comparison of
+        eval.compare plus the paired bootstrap AIQ difference."""
+        prompt_only = [k for k, e in out.items() if e["learned"] and not e["answer_aware"]]
+        best = max(prompt_only, key=lambda k: (out[k]["aiq"], k), default=None)
+        for label, entry in out.items():
+            if not entry["answer_aware"]:
+                continue
+            if best is None:
+                entry["vs_best_prompt_only"] = None
+                continue
+            cmp = compare_hulls(_hull_array(entry["hull"]), _hull_array(out[best]["hull"]),
+                                boot_hulls[label], boot_hulls[best], level=CI_LEVEL,
+                                baseline=best)
+            mc = boot_ref["mc"]
+            diff = np.array([
+                M.aiq(h, float(mc[b].min()), float(mc[b].max()))
+                - M.aiq(g, float(mc[b].min()), float(mc[b].max()))
+                for b, (h, g) in enumerate(zip(boot_hulls[label], boot_hulls[best],
+                                               strict=True))])
+            cmp.update(aiq_diff=entry["aiq"] - out[best]["aiq"],
+                       aiq_diff_ci=M.percentile_ci(diff, CI_LEVEL) if diff.size else None)
+            entry["vs_best_prompt_only"] = cmp
 
     def baseline_label(self) -> str | None:
         """Label of the task-static result the others are compared with (None: absent)."""

@@ -60,10 +60,12 @@ def _draw(ax: Axes, policies: dict[str, Any], ref: dict[str, Any], task: str | N
         hx = [h["cost"] * 1000 for h in src["hull"]]
         hy = [h["quality"] for h in src["hull"]]
         color = colors[label]
+        aware = bool(p.get("answer_aware"))  # cascades: dash-dot, thicker
         if len(hx) == 1:
             ax.plot(hx, hy, "s", color=color, ms=8, mfc="none", mew=2, zorder=7, label=label)
         else:
-            ax.plot(hx, hy, "-", color=color, lw=1.8, label=label)
+            ax.plot(hx, hy, "-." if aware else "-", color=color, lw=2.4 if aware else 1.8,
+                    label=f"{label} (answer-aware)" if aware else label)
         if raw and task is None:
             ax.plot([c["cost"] * 1000 for c in p["curve"]], [c["quality"] for c in p["curve"]],
                     ".", color=color, ms=3, alpha=0.45)

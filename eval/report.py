@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eval.report_cascades import cascade_section
+
 
 def per_1k(cost: float | None) -> str:
     """USD per query -> '$ per 1k queries' text with 3 significant digits."""
@@ -213,6 +215,7 @@ def render(results: dict[str, Any]) -> str:
         f"calls needed to recover 50%/80% of the weak-strong gap. Definitions: eval/README.md.",
         "",
         *baseline_section(results),
+        *cascade_section(results),
         "## References (test split)",
         "",
         *reference_table(ref),

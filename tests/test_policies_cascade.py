@@ -251,3 +251,57 @@ def test_routerbench_subset_cascade_on_arc() -> None:
     q4, c4 = quality[:, g].mean(), cost[:, g].mean()
     q, c = out.quality.mean(axis=1), out.cost.mean(axis=1)
     assert ((q >= q4 - 0.015) & (c <= 0.5 * c4)).any()
+
+
+# ---- router eval ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jsonl_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    from router.datasets import save_jsonl
+
+    with_resp = tmp_path_factory.mktemp("with-responses")
+    bare = tmp_path_factory.mktemp("no-responses")
+    for part, seed, n in (("train", 11, 300), ("test", 12, 150)):
+        data = make_data(n, seed=seed, numbers=n // 5)
+        save_jsonl(data, with_resp / f"quiz_{part}.jsonl")
+        save_jsonl(RoutingDataset(data.name, data.prompts, data.tasks, data.models,
+                                  data.quality, data.cost), bare / f"quiz_{part}.jsonl")
+    return with_resp, bare
+
+
+def test_router_eval_sweeps_cascades_beside_other_policies(jsonl_dirs, tmp_path) -> None:
+    from router.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["eval", "--data", str(jsonl_dirs[0]), "--out", str(out), "--policies",
+               "cascade,task-static", "--bootstrap", "50", "--lams", "auto:20", "--quiet"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    entry = results["policies"]["cascade"]
+    assert entry["answer_aware"] and entry["learned"]
+    assert entry["vs_task_static"]["verdict"] in {"beats", "worse, not significantly",
+                                                  "ties"}
+    assert entry["vs_best_prompt_only"] is None  # no prompt-only policy in this run
+    assert len(entry["cascade"]["plans"]) == len(results["lams"])
+    assert max(entry["cascade"]["mean_calls"]) > 1.0  # some lam escalates
+    static = results["policies"]["task-static"]
+    assert entry["aiq"] > static["aiq"]
+    report = (out / "report.md").read_text()
+    assert "## Cascades (answer-aware)" in report and "cheap-a+cheap-b>=2 -> big" in report
+    assert (out / "pareto.png").stat().st_size > 0
+
+
+def test_router_eval_skips_cascades_without_responses(jsonl_dirs, tmp_path, capsys) -> None:
+    from router.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["eval", "--data", str(jsonl_dirs[1]), "--out", str(out), "--policies",
+               "cascade,task-static", "--bootstrap", "0", "--quiet", "--no-plots"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "cascade" not in results["policies"]
+    assert "no recorded responses" in results["skipped"]["cascade"]
+    assert "skipped: " in (out / "report.md").read_text()
+    capsys.readouterr()
+    rc = main(["eval", "--data", str(jsonl_dirs[1]), "--out", str(tmp_path / "o2"),
+               "--policies", "cascade", "--quiet", "--no-plots"])
+    assert rc != 0 and "no policy could be evaluated" in capsys.readouterr().err
