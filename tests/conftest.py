@@ -109,9 +109,11 @@ def redis_factory(tmp_path):
 class ReplicaProcess:
     """``python -m router serve --config FILE --port P`` as a real subprocess (loopback)."""
 
-    def __init__(self, config: dict, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, config: dict, workdir: Path, port: int | None = None,
+                 log_level: str = "warning") -> None:
         import yaml
 
+        self.log_level = log_level
         self.port = port or free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,7 @@ class ReplicaProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "router", "serve", "--config", str(self.config_path),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", self.log_level],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
@@ -184,8 +186,8 @@ def replica_factory(tmp_path):
     """Start ``router serve`` subprocesses; every one still running is killed at teardown."""
     procs: list[ReplicaProcess] = []
 
-    def make(config: dict, name: str | None = None) -> ReplicaProcess:
-        proc = ReplicaProcess(config, tmp_path / (name or f"replica{len(procs)}"))
+    def make(config: dict, name: str | None = None, **kwargs) -> ReplicaProcess:
+        proc = ReplicaProcess(config, tmp_path / (name or f"replica{len(procs)}"), **kwargs)
         procs.append(proc)
         return proc
 

@@ -36,6 +36,14 @@ def test_example_config_is_valid(monkeypatch):
     assert cfg.routing.model_map["gpt-4-1106-preview"] == "gpt-4o"
 
 
+def test_deploy_config_is_valid_and_has_a_scrape_key(monkeypatch):
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TEAM_A_KEY", "METRICS_KEY"):
+        monkeypatch.setenv(var, f"secret-{var}")
+    cfg = load_config(REPO / "deploy" / "config.yaml")
+    metrics = {k.name: k for k in cfg.keys.keys}["metrics"]
+    assert cfg.keys.is_required and metrics.budget_usd == 0
+
+
 @pytest.mark.parametrize("data,expected", [
     (with_(routin={}), "routin: unknown key"),
     ({}, "model_list: required key is missing"),

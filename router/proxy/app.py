@@ -35,6 +35,7 @@ from policies.base import Policy, PolicyError
 from router.proxy.backends import BackendPool, make_backend
 from router.proxy.config import ConfigError, GatewayConfig
 from router.proxy.execution import SingleCallExecutor
+from router.proxy.guard import AuthGate, openapi_schema, request_body
 from router.proxy.keys import KeyManager
 from router.proxy.loading import load_policies
 from router.proxy.metrics import Metrics
@@ -102,7 +103,8 @@ class Gateway:
                         for m in cfg.model_list}
         except ValueError as exc:
             raise ConfigError(f"model_list: {exc}") from None
-        self.pool = BackendPool(backends, cfg.routing.cooldown_seconds)
+        self.pool = BackendPool(backends, cfg.routing.cooldown_seconds,
+                                cfg.routing.allowed_fails)
         for b in backends.values():
             if b.price_source == "unknown":
                 log.warning("%s: no price known (config, litellm or catalogue); cost counts as 0",
@@ -137,8 +139,8 @@ class Gateway:
 
         self.outcome_store = open_outcome_store(state_dir, cfg.state.redis_url,
                                                 cfg.state.outcome_stream)
-        self.key_store = (RedisKeyStore(cfg.state.redis_url) if cfg.state.redis_url
-                          else LocalKeyStore(state_dir))
+        self.key_store = (RedisKeyStore(cfg.state.redis_url, state_dir=state_dir)
+                          if cfg.state.redis_url else LocalKeyStore(state_dir))
         self.keys = KeyManager(cfg.keys, self.key_store)
         shared_fb = None
         if cfg.state.redis_url:
@@ -233,6 +235,7 @@ class Gateway:
             await asyncio.sleep(1.0)
             try:
                 await loop.run_in_executor(self.executor, self.key_store.persist, self.keys.names)
+                await self.key_store.aflush()  # spend journaled during a Redis outage
             except Exception:
                 log.exception("persisting key spend failed")
 
@@ -395,8 +398,8 @@ def create_app(cfg: GatewayConfig, **gateway_kwargs: Any) -> FastAPI:
         return _error_response(APIError(500, "Internal error in the gateway.",
                                         code="internal_error"))
 
-    chat_schema = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": ChatCompletionRequest.model_json_schema()}}}}
+    body_defs: dict[str, Any] = {}  # nested request models, for components/schemas
+    chat_schema = request_body(ChatCompletionRequest, body_defs)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses=err_responses, openapi_extra=chat_schema)
@@ -405,8 +408,7 @@ def create_app(cfg: GatewayConfig, **gateway_kwargs: Any) -> FastAPI:
         return await gw.chat(request)
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, responses=err_responses,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": FeedbackRequest.model_json_schema()}}}})
+              openapi_extra=request_body(FeedbackRequest, body_defs))
     async def feedback(request: Request) -> FeedbackResponse:
         gw.keys.authenticate(request.headers)
         raw = await read_body(request, 64 * 1024)
@@ -448,5 +450,7 @@ def create_app(cfg: GatewayConfig, **gateway_kwargs: Any) -> FastAPI:
             m.cooldown.labels(name).set(1.0 if name in cooling else 0.0)
         return Response(m.render(), media_type=m.content_type)
 
+    app.openapi = lambda: openapi_schema(app, body_defs)  # every $ref resolves
+    app.add_middleware(AuthGate, keys=gw.keys)
     return app
 

@@ -49,6 +49,11 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     stop: str | list[str] | None = None
     user: str | None = None
+    seed: int | None = None
+    #: passed to the backend unchanged (typed here so clients and fuzzers see them)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     def routing_text(self) -> str:
         """The text the router embeds: the last user message (all text if there is none)."""
