@@ -7,7 +7,8 @@ start or at run time through ``POST /_control``::
 
     {"model": "m1" | "*", "latency_ms": 20, "fail": "500" | "429" | "400" | "401" |
      "timeout" | "bad_json" | null, "fail_times": 3, "completion_tokens": 16,
-     "stream_chunks": 4, "chunk_delay_ms": 0}
+     "stream_chunks": 4, "chunk_delay_ms": 0, "stream_as": "sse" | "json" | "html" |
+     "empty" | "sse-unterminated"}
 
 ``fail_times`` bounds how many calls fail before the model recovers (-1: for ever);
 ``timeout`` holds the call ``hang_seconds`` (default 30) before answering. ``GET /_stats``
@@ -48,6 +49,9 @@ class Knobs:
     stream_chunks: int = 4
     chunk_delay_ms: float = 0.0
     hang_seconds: float = 30.0
+    #: how a stream request is answered: sse; json (ignores "stream": true); html; empty;
+    #: sse-unterminated (the last event lacks its closing blank line)
+    stream_as: str = "sse"
 
 
 class Upstream:
@@ -181,7 +185,11 @@ class Upstream:
         cid = f"chatcmpl-up{created}{self.calls[model]}"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
                  "total_tokens": prompt_tokens + out_tokens}
-        if not req.get("stream"):
+        if req.get("stream") and knobs.stream_as in ("html", "empty"):
+            body = b"<html><body>Bad gateway</body></html>" if knobs.stream_as == "html" else b""
+            await _raw(send, 200, body, b"text/html" if body else b"text/event-stream")
+            return
+        if not req.get("stream") or knobs.stream_as == "json":
             await _json(send, 200, {
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
@@ -206,7 +214,8 @@ class Upstream:
             await send({"type": "http.response.body",
                         "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
                         "more_body": True})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        done = b"data: [DONE]" if knobs.stream_as == "sse-unterminated" else b"data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": done})
 
 
 def _split(text: str, n: int) -> list[str]:
@@ -354,6 +363,35 @@ def gateway_config(upstream_base: str, artifact: str | Path | None, state_dir: s
         else:
             data[key] = value
     return parse_config(data, source="test config")
+
+
+def parse_sse(raw: bytes) -> tuple[list[Any], list[str]]:
+    """Every byte of ``raw`` as server-sent events, strictly: (data payloads, comments).
+
+    Each line (LF or CRLF) must be blank, a comment (``:``) or a ``data``/``event``/``id``/
+    ``retry`` field; the stream must end with a blank line; every data payload must be
+    JSON or ``[DONE]``. Raises ``AssertionError`` naming the first offending line.
+    """
+    text = raw.decode("utf-8")
+    assert text.endswith("\n\n") or text.endswith("\r\n\r\n"), f"unterminated: {text[-80:]!r}"
+    events: list[Any] = []
+    comments: list[str] = []
+    data: list[str] = []
+    for n, line in enumerate(text.replace("\r\n", "\n").split("\n")):
+        if line == "":
+            if data:
+                payload = "\n".join(data)
+                events.append(payload if payload == "[DONE]" else json.loads(payload))
+                data = []
+        elif line.startswith(":"):
+            comments.append(line[1:].strip())
+        else:
+            field, sep, value = line.partition(":")
+            assert sep and field in ("data", "event", "id", "retry"), f"line {n}: {line[:80]!r}"
+            if field == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+    assert not data, "an event without its closing blank line"
+    return events, comments
 
 
 # ---- "your own models": three scripted models and a judge ------------------------------

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policies.base import Policy, PolicyError
 from router.proxy.backends import BackendPool, make_backend
+from router.proxy.cascade import CascadeExecutor
 from router.proxy.config import ConfigError, GatewayConfig
 from router.proxy.execution import SingleCallExecutor
 from router.proxy.guard import AuthGate, openapi_schema, request_body
@@ -170,6 +171,7 @@ class Gateway:
                            r.estimate_output_tokens)
         self.responder = Responder(self)
         self.single = SingleCallExecutor(self)
+        self.cascade = CascadeExecutor(self)
         self.ready = False
         self.started_at = time.time()
         self._attach_bandit_stores()
@@ -275,6 +277,8 @@ class Gateway:
     async def _chat(self, request: Request, rid: str, rec: dict[str, Any],
                     t0: float) -> Response:
         call = await parse_chat(self, request, rec)
+        if self.cascade.serves(call.target):
+            return await self.cascade.run(call, rec, t0)
         plan = await self.planner.plan(call)
         rec.update(policy=plan.policy, lam=plan.lam, budget=plan.budget,
                    candidates=[c.as_dict() for c in (plan.scores or plan.candidates)])

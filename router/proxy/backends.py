@@ -339,8 +339,12 @@ class FastBackend(Backend):
             raise self._pool_error(exc) from exc
         if status != 200:
             raise _status_error(self.name, status, chunks)  # chunks holds the error body
+        from router.proxy.sse import normalise_stream
+
         meter = SSEMeter(estimate_prompt_tokens(payload.get("messages") or []))
-        return StreamResult(chunks, meter, self, closer)
+        usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        return StreamResult(normalise_stream(chunks, self.name, meter, usage), meter, self,
+                            closer)
 
 
 class LiteLLMBackend(Backend):

@@ -152,6 +152,9 @@ class RoutingConfig(_Strict):
     #: micro-batching of encoder passes across concurrent requests (router.batcher)
     batch_max: int = Field(default=32, ge=1, le=1024)
     batch_wait_ms: float = Field(default=0.0, ge=0, lt=1000)
+    #: weight of a cascade's automatic agreement rewards (router.auto_rewards) in the
+    #: updates of every served online policy (linucb): 0 = off, 1 = one /v1/feedback reward
+    auto_reward_weight: float = Field(default=0.5, ge=0, le=1)
     #: token counts used to turn per-token prices into a per-call cost estimate
     estimate_prompt_tokens: int = Field(default=500, ge=0)
     estimate_output_tokens: int = Field(default=200, ge=0)

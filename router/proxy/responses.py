@@ -17,6 +17,7 @@ from router.proxy.backends import Backend, Completion, StreamResult, jdumps
 from router.proxy.outcomes import FeedbackContext
 from router.proxy.routing import Candidate, RoutePlan
 from router.proxy.spend import Hold
+from router.proxy.sse import router_comment
 
 if TYPE_CHECKING:
     from router.proxy.app import Gateway
@@ -102,8 +103,11 @@ class Responder:
 
         async def body():
             done = False
+            last = b"\n"
             try:
                 async for chunk in sr.chunks():
+                    if chunk:
+                        last = chunk
                     yield chunk
                 done = True
                 cost = sr.cost
@@ -111,7 +115,7 @@ class Responder:
                         "usage_estimated": sr.meter.estimated}
                 if sr.extra.get("replay"):
                     info["replay"] = sr.extra["replay"]
-                yield b": x-router " + jdumps(info) + b"\n\n"
+                yield router_comment(info, last)
             finally:
                 p, c = sr.usage
                 cost = sr.cost
