@@ -19,6 +19,7 @@ import pytest
 from policies import make_policy
 from router.proxy.config import parse_config
 from router.proxy.routing import hashing_encoder_config, load_encoder
+from tests.conftest import needs_shared
 from tests.upstream import GatewayServer, backend_entry, parse_sse
 
 MODELS = ["small-a", "small-b", "large"]
@@ -216,3 +217,47 @@ def test_automatic_rewards_teach_the_bandit_without_feedback(gateway, upstream):
     assert policy.store.version() == version + 15  # 3 labels per request
     mean_after = float(policy.predict(x[None]).quality[0, j])
     assert mean_after < mean_before - 0.05
+
+
+@needs_shared
+@pytest.mark.slow
+def test_demo_serves_router_cascade_end_to_end(tmp_path):
+    """``router serve --demo``'s pieces on the RouterBench subset: replayed answers, costs
+    summed over every call, both the agreement and the escalation path, auto rewards."""
+    from router.proxy.outcomes import prompt_hash
+    from router.proxy.replay import build_demo
+
+    demo = build_demo(tmp_path / "state", latency_ms=1, encoder="hashing")
+    assert set(demo["policies"]) == {"linucb", "cascade"}
+    gw = GatewayServer(demo["config"], policies=demo["policies"],
+                       default_policy=demo["default_policy"], replay=demo["replay"]).start()
+    try:
+        provider, test = demo["replay"], demo["test"]
+        store = gw.gateway.router.policies["linucb"].policy.store
+        version = store.version()
+        client = gw.openai()
+        arc = [i for i, t in enumerate(test.tasks) if t == "arc-challenge"][:30]
+        lengths, labels = [], 0
+        for i in arc:
+            raw = client.chat.completions.with_raw_response.create(
+                model="router-cascade-10",
+                messages=[{"role": "user", "content": test.prompts[i]}])
+            comp = raw.parse()
+            router = comp.model_extra["router"]
+            calls = raw.headers["x-router-cascade"].split(",")
+            assert calls == router["cascade"]["calls"] and router["model"] in calls
+            lengths.append(len(calls))
+            assert router["replay"]["match"] == "exact"
+            row = provider.index[prompt_hash(test.prompts[i].strip())]
+            j = test.models.index(router["model"])
+            assert comp.choices[0].message.content == test.responses[i][j]
+            expected = sum(provider.fill_cost[row, test.models.index(c)] for c in calls)
+            assert float(raw.headers["x-router-cost"]) == pytest.approx(expected, rel=1e-6)
+            labels += len(router["cascade"]["labels"])
+        assert min(lengths) < max(lengths)  # some stopped at agreement, some escalated
+        deadline = time.monotonic() + 10
+        while store.version() < version + labels and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert labels > 0 and store.version() == version + labels
+    finally:
+        gw.stop()

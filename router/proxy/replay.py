@@ -13,7 +13,8 @@ of embeddings, when an encoder is available and the similarity reaches
 
 :func:`build_demo` assembles ``router serve --demo``: the RouterBench subset (or the
 generated demo dataset), a policy trained on its train split (cached under the state dir),
-and one replay backend per model.
+and one replay backend per model; when the dataset has recorded responses, also a
+cascade (``router-cascade``, policies.cascade) learned from the train split's answers.
 """
 
 from __future__ import annotations
@@ -261,25 +262,35 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
     else:
         raise ValueError(f"unknown demo encoder {encoder!r} (minilm or hashing)")
     encoder = enc
-    art = state_dir / f"demo-{policy_name}-{enc.backend_name}"
     X_train = encoder.encode(train.prompts, progress=True)  # fixes encoder.config()["dim"]
-    policy = None
-    if (art / "config.json").is_file():
-        try:
-            policy = load_policy(str(art))
-            if (policy.meta_.get("dataset") != source or policy.models_ != train.models
-                    or policy.meta_.get("encoder") != encoder.config()):
+
+    def trained(name: str):
+        """The demo's ``name`` policy: the cached artifact if it still fits, else trained."""
+        art = state_dir / f"demo-{name}-{enc.backend_name}"
+        policy = None
+        if (art / "config.json").is_file():
+            try:
+                policy = load_policy(str(art))
+                if (policy.meta_.get("dataset") != source or policy.models_ != train.models
+                        or policy.meta_.get("encoder") != encoder.config()):
+                    policy = None
+            except Exception as exc:  # stale artifact of an older version: retrain
+                log.info("retraining the demo %s policy (%s)", name, exc)
                 policy = None
-        except Exception as exc:  # stale artifact of an older version: retrain
-            log.info("retraining the demo policy (%s)", exc)
-            policy = None
-    if policy is None:
-        log.info("training the demo %s policy on %s (%d prompts)", policy_name, source,
-                 len(train))
-        policy = make_policy(policy_name)
-        policy.fit_dataset(train, X_train)
-        policy.save(art, meta={"encoder": encoder.config(), "dataset": source})
-        policy = load_policy(str(art))
+        if policy is None:
+            log.info("training the demo %s policy on %s (%d prompts)", name, source,
+                     len(train))
+            policy = make_policy(name)
+            policy.fit_dataset(train, X_train)
+            policy.save(art, meta={"encoder": encoder.config(), "dataset": source})
+            policy = load_policy(str(art))
+        return policy
+
+    policy = trained(policy_name)
+    # router-cascade: a cascade learned from the train split's recorded responses
+    cascade = None
+    if policy_name != "cascade" and "cascade" in REGISTRY and train.responses is not None:
+        cascade = trained("cascade")
     both = datasets.concat_datasets([train, test], train.name)
     X_all = encoder.encode(both.prompts, progress=True)
     provider = ReplayProvider(both, latency_ms=latency_ms, embeddings=X_all)
@@ -294,7 +305,10 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
 
     serving_encoder = load_encoder(encoder.config(), encoder_backend, policy.dim_,
                                    use_cache=False)
-    return {"config": cfg, "policies": {policy.name: (policy, serving_encoder)},
+    policies = {policy.name: (policy, serving_encoder)}
+    if cascade is not None:
+        policies["cascade"] = (cascade, serving_encoder)
+    return {"config": cfg, "policies": policies,
             "default_policy": policy.name, "replay": provider, "source": source,
             "test": test}
 
