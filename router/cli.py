@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("router.proxy.cli", "run the OpenAI-compatible routing gateway"),
     "data": ("router.cmd_data", "inspect routing datasets"),
     "logs": ("router.cmd_logs", "export outcome logs"),
+    "calibrate": ("router.cmd_calibrate", "pick lam for a spend or model share on your prompts"),
 }
 
 

@@ -32,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "or 'demo' for the generated demo dataset")
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
     parser.add_argument("--encoder", default=None, metavar="MODEL",
-                        help="sentence-transformers model (default all-MiniLM-L6-v2)")
+                        help="sentence-transformers model (default all-MiniLM-L6-v2), or "
+                        "hashing[:DIM] for the model-free hashing encoder (tests, demos)")
     parser.add_argument("--text-view", default=None, metavar="V",
                         help="part of the prompt to embed: full, head:N, tail:N, question[:N]")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -40,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for the policy (when it takes one) and any train/test split")
     parser.add_argument("--test-fraction", type=float, default=0.3,
-                        help="held-out share when the dataset has no train/test files")
+                        help="held-out share when the dataset has no train/test files; 0 "
+                        "trains on every row (e.g. `router data label` / `from-logs` output)")
     parser.add_argument("--cache-dir", default=None, help="embedding cache directory")
     parser.add_argument("--device", default=None, help="encoder device (cpu, cuda, ...)")
     parser.add_argument("--threads", type=int, default=1, metavar="N",
@@ -103,6 +105,14 @@ def _log(args: argparse.Namespace, message: str) -> None:
 def _encoder(args: argparse.Namespace):
     from router.encoder import Encoder, EncoderError
 
+    if args.encoder and args.encoder.split(":", 1)[0] == "hashing":
+        from router.proxy.routing import hashing_encoder_config, load_encoder
+
+        dim = args.encoder.partition(":")[2] or "256"
+        if not dim.isdigit() or int(dim) < 2:
+            raise CLIError(f"--encoder {args.encoder}: expected hashing[:DIM] with DIM >= 2")
+        return load_encoder(hashing_encoder_config(int(dim)), use_cache=False)
+
     kwargs: dict[str, Any] = {}
     if args.encoder:
         kwargs["model_name"] = args.encoder
@@ -131,12 +141,17 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: exists and is not a directory")
     if args.threads < 0:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
-    if not 0 < args.test_fraction < 1:
-        raise CLIError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    if not 0 <= args.test_fraction < 1:
+        raise CLIError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     encoder = _encoder(args)
 
     _log(args, f"loading {data} ...")
-    train = load_split(data, test_fraction=args.test_fraction, seed=args.seed).train
+    if args.test_fraction == 0:
+        from router.datasets import load_dataset
+
+        train = load_dataset(data)
+    else:
+        train = load_split(data, test_fraction=args.test_fraction, seed=args.seed).train
     if len(train) == 0:
         raise CLIError(f"--data {data}: the train split is empty")
     n_obs = int(train.mask.sum())

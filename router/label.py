@@ -178,7 +178,7 @@ class Labeler:
                    "response": response, "cost": comp.cost, "pt": comp.prompt_tokens,
                    "ct": comp.completion_tokens,
                    "est": bool(comp.extra.get("usage_estimated"))}
-            self.journal.append(ans)
+            await self.journal.append_async(ans)
             self.report.answered += 1
         if cell.grader.kind != "judge":
             return
@@ -195,7 +195,7 @@ class Labeler:
             return
         verdict = _content(comp.body)
         score = parse_verdict(verdict)
-        self.journal.append({"t": "grade", "id": cell.item.id, "ph": cell.ph,
+        await self.journal.append_async({"t": "grade", "id": cell.item.id, "ph": cell.ph,
                              "model": cell.model, "grader": str(cell.grader), "score": score,
                              "cost": comp.cost, "verdict": (verdict or "")[:500]})
         self.report.judged += 1
@@ -239,7 +239,7 @@ class Labeler:
             self._show_spend()
             return comp
         assert last is not None
-        self.journal.append({"t": "error", "id": cell.item.id, "ph": cell.ph,
+        await self.journal.append_async({"t": "error", "id": cell.item.id, "ph": cell.ph,
                              "model": cell.model, "stage": stage, "backend": name,
                              "kind": last.kind, "status": last.status,
                              "message": last.message[:300]})

@@ -1,6 +1,7 @@
 """The append-only journal of ``router data label``: every paid call, fsynced as it returns.
 
-One JSON object per line, written and fsynced before the next cell is counted done:
+One JSON object per line, each fsynced before its cell counts as done (concurrent cells
+share one fsync):
 
 * ``{"t": "answer", "id", "ph", "model", "response", "cost", "pt", "ct", "est", "ts"}``:
   a model's answer to prompt ``id`` (``ph``: the prompt text's hash, so an edited prompt is
@@ -41,6 +42,9 @@ class Journal:
         self.spent = 0.0
         self.skipped_lines = 0
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._written = 0
+        self._synced = 0
         self._f = None
         if self.path.exists():
             self._load()
@@ -71,6 +75,17 @@ class Journal:
 
     def append(self, rec: dict[str, Any]) -> None:
         """Write one record and fsync it before returning."""
+        self._sync(self._write(rec))
+
+    async def append_async(self, rec: dict[str, Any]) -> None:
+        """:meth:`append` for the event loop: the fsync runs in a thread, and one fsync
+        covers every record written before it (group commit of concurrent cells)."""
+        import asyncio
+
+        seq = self._write(rec)
+        await asyncio.to_thread(self._sync, seq)
+
+    def _write(self, rec: dict[str, Any]) -> int:
         rec = {**rec, "ts": round(time.time(), 3)}
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
@@ -82,8 +97,20 @@ class Journal:
                     self._f.write("\n")  # a torn last line stays on a line of its own
             self._f.write(line)
             self._f.flush()
-            os.fsync(self._f.fileno())
             self._index(rec)
+            self._written += 1
+            return self._written
+
+    def _sync(self, seq: int) -> None:
+        """Return once record ``seq`` is on disk (an fsync, unless one already covered it)."""
+        with self._sync_lock:
+            if self._synced >= seq:
+                return
+            with self._lock:
+                upto = self._written
+                fd = self._f.fileno()
+            os.fsync(fd)
+            self._synced = upto
 
     def answer(self, pid: str, ph: str, model: str) -> dict[str, Any] | None:
         return self.answers.get((pid, ph, model))

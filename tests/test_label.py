@@ -65,9 +65,13 @@ def test_label_writes_graded_dataset_with_real_costs(own, tmp_path, capsys):
     assert label(tmp_path, cfg, prompts, "--grader", "number", "--models", ",".join(MODELS)) == 0
     data = rows(tmp_path / "labels.jsonl")
     assert [r["id"] for r in data] == [f"q{i}" for i in range(9)]
-    for i, r in enumerate(data):
-        level = i % 3
-        assert r["scores"] == {m: float(level <= k) for k, m in enumerate(MODELS)}
+    from tests.upstream import own_answer
+
+    refs = {q["id"]: q["answer"] for q in own_prompts(9)}
+    for r in data:
+        want = {m: float(own_answer(m, r["prompt"]).endswith(f" {refs[r['id']]}."))
+                for m in MODELS}
+        assert r["scores"] == want
         assert set(r["costs"]) == set(MODELS) and r["responses"]["small"].startswith("The answer")
     # the cost is the usage the upstream returned at the config's prices
     first = data[0]

@@ -11,6 +11,7 @@ start or at run time through ``POST /_control``::
      "empty" | "sse-unterminated"}
 
 ``fail_times`` bounds how many calls fail before the model recovers (-1: for ever);
+``fail_rate`` makes only that share of calls fail (seeded, so runs repeat);
 ``timeout`` holds the call ``hang_seconds`` (default 30) before answering. ``GET /_stats``
 counts calls per model, ``POST /_reset`` clears knobs and counters.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import socket
 import threading
 import time
@@ -45,6 +47,8 @@ class Knobs:
     latency_ms: float = 0.0
     fail: str | None = None
     fail_times: int = -1
+    #: share of calls that fail (in ``fail`` mode), drawn from a seeded generator; 1 = all
+    fail_rate: float = 1.0
     completion_tokens: int = 16
     stream_chunks: int = 4
     chunk_delay_ms: float = 0.0
@@ -63,6 +67,7 @@ class Upstream:
         self.calls: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.rng = random.Random(0)  # fail_rate draws
         self.scripts: dict[str, Any] = {}
         self.prompt_calls: Counter[tuple[str, str]] = Counter()
 
@@ -104,6 +109,8 @@ class Upstream:
             return None
         with self.lock:
             if knobs.fail_times >= 0 and self.failures[model] >= knobs.fail_times:
+                return None
+            if knobs.fail_rate < 1.0 and self.rng.random() >= knobs.fail_rate:
                 return None
             self.failures[model] += 1
         return knobs.fail
@@ -432,19 +439,24 @@ def _own_level(text: str) -> int:
 
 
 def own_answer(model: str, text: str) -> str:
-    """Scripted answer of ``model``: right up to its skill, off by one above it; larger
-    models write longer answers (so they cost more per call, as real ones do)."""
+    """Scripted answer of ``model``: right up to its skill level, right on every third
+    question one level above it (a seeded coin), off by one otherwise; larger models write
+    longer answers, of a length that varies by question (so calls cost what they say)."""
+    import hashlib
     import re
 
     level = _own_level(text)
+    i = int(re.search(r"(\d+):", text).group(1))
     m = re.search(r"(\d+)\D+(\d+)(?:\D+(\d+))?", text.split(":", 1)[-1])
     a, b = int(m.group(1)), int(m.group(2))
     c = int(m.group(3) or 0)
     truth = (a + b, a * b + c, (a * b + c) // 2)[level]
-    got = truth if level <= OWN_SKILL[model] else truth + 1
+    coin = hashlib.blake2b(f"{model}/{i}".encode(), digest_size=2).digest()[0] % 3 == 0
+    right = level <= OWN_SKILL[model] or (level == OWN_SKILL[model] + 1 and coin)
+    got = truth if right else truth + 1
     pad = {"small": "", "medium": "Working it out carefully. ",
-           "large": "Let me reason about this step by step, checking each part. " * 3}[model]
-    return f"{pad}The answer is {got}."
+           "large": "Let me reason about this step by step, checking each part. "}[model]
+    return f"{pad * (1 + (7 * i) % 4)}The answer is {got}."
 
 
 def own_judge(text: str) -> str:
