@@ -18,6 +18,7 @@ next start. Each entry is applied by one Lua script that first claims the entry'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -179,6 +180,7 @@ class RedisKeyStore:
         # spend settled during an outage, not yet in Redis: {"id", "k", "s"} (also journaled)
         self._journal = None
         self._entries: list[dict] = []
+        self._push_lock = asyncio.Lock()
         if state_dir is not None:
             from router.state.outcome_store import DiskBuffer
 
@@ -207,15 +209,22 @@ class RedisKeyStore:
         self._next_try = time.monotonic() + self.retry_seconds
 
     async def _sync_pending(self) -> None:
-        """Push what the outage left: reservation changes, then each journaled spend once."""
+        """Push what the outage left: reservation changes, then each journaled spend once.
+
+        One push at a time: concurrent requests arriving as Redis returns would otherwise
+        push the same deltas twice and trim entries appended meanwhile from the journal."""
+        async with self._push_lock:
+            await self._push_pending()
+
+    async def _push_pending(self) -> None:
         reserved = [(k, p[1]) for k, p in self._pending.items() if p[1]]
         if reserved:
             pipe = self.client.pipeline(transaction=True)
             for key, d_reserved in reserved:
                 pipe.hincrbyfloat(self._key(key), "reserved", d_reserved)
             await pipe.execute()
-            for key, _ in reserved:
-                self._pending[key][1] = 0.0
+            for key, d_reserved in reserved:
+                self._pending[key][1] -= d_reserved
         entries = list(self._entries)
         for e in entries:
             await self._spend_once(keys=[self._key(e["k"]), f"{self.prefix}:spend-op:{e['id']}"],
