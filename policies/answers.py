@@ -202,9 +202,34 @@ def normalise_text(text: str) -> str:
 
 
 # ---- agreement -------------------------------------------------------------------------
-def agree(a: str | None, b: str | None) -> bool:
-    """Two answer keys agree when both exist and are equal (None never agrees)."""
-    return a is not None and b is not None and a == b
+#: kinds whose answers may agree without being equal (similarity below 1)
+GRADED_KINDS = frozenset({"code", "text"})
+_TOKEN = re.compile(r"[A-Za-z_]\w*|\d+|[^\w\s]")
+
+
+def agree(a: str | None, b: str | None, kind: str = "mc", threshold: float = 1.0) -> bool:
+    """Two answer keys agree when both exist and their :func:`similarity` reaches
+    ``threshold`` (1.0: equal keys; None never agrees)."""
+    return a is not None and b is not None and similarity(a, b, kind) >= threshold
+
+
+def similarity(a: str | None, b: str | None, kind: str) -> float:
+    """1.0 for equal keys; for code and free text the Jaccard overlap of their token sets,
+    capped just below 1 for different keys (so threshold 1.0 means equality); else 0."""
+    if a is None or b is None:
+        return 0.0
+    if a == b:
+        return 1.0
+    if kind not in GRADED_KINDS:
+        return 0.0
+    ta, tb = _tokens(a), _tokens(b)
+    union = len(ta | tb)
+    return min(len(ta & tb) / union, 0.999) if union else 0.0
+
+
+@lru_cache(maxsize=100_000)
+def _tokens(key: str) -> frozenset[str]:
+    return frozenset(_TOKEN.findall(key))
 
 
 def groups(keys: Mapping[str, str | None]) -> list[tuple[str, ...]]:

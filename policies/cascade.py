@@ -14,12 +14,13 @@ The contract shared by the offline evaluation and the gateway:
   kind from its text and returns the plan for ``lam`` (or ``budget``).
 
 Decision rule of :meth:`CascadePlan.step`, stage by stage: once every model of stage k has
-answered, the answers of stages 1..k are grouped by answer key; when the largest group has
-at least ``min_agree`` members the cascade stops and returns that group's most preferred
-model (``prefer`` order, by default later calls first). The last stage is accepted
-unconditionally: the largest group among *its* models' responses (a response without an
-answer key counts as a group of one), ties to the preferred model; when every model of the
-last stage failed, the same rule runs over all responses gathered.
+answered, each answer of stages 1..k with an answer key counts the answers that agree with
+it (itself included; :func:`policies.answers.agree` at the plan's ``threshold``, 1.0 =
+equal keys); when the most agreed-with answer reaches ``min_agree`` the cascade stops and
+returns it (ties: the preferred model, ``prefer`` order, by default later calls first).
+The last stage is accepted unconditionally: the same count among *its* models' responses
+(a response without an answer key agrees only with itself); when every model of the last
+stage failed, the same rule runs over all responses gathered.
 """
 
 from __future__ import annotations
@@ -75,10 +76,15 @@ class CascadePlan:
     kind: str
     stages: tuple[CascadeStage, ...]
     prefer: tuple[str, ...] = field(default=())  # representative order (first = best)
+    #: answers agree when their answers.similarity reaches this (1.0: equal answer keys;
+    #: lower values matter for code and free text only)
+    threshold: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in A.KINDS:
             raise PolicyError(f"unknown answer kind {self.kind!r}; kinds: {A.KINDS}")
+        if not 0.0 < float(self.threshold) <= 1.0:
+            raise PolicyError(f"threshold must be in (0, 1], got {self.threshold!r}")
         if not self.stages:
             raise PolicyError("a cascade plan needs at least one stage")
         called = self.models
@@ -119,11 +125,36 @@ class CascadePlan:
             if k == len(self.stages) - 1:
                 return self._final(answers, keys, stage.models, rank)
             gathered = {m: keys[m] for s in self.stages[: k + 1] for m in s.models}
-            best = _best_group(gathered, rank)
-            if best and len(best) >= stage.min_agree:
-                model = min(best, key=rank.__getitem__)
-                return CascadeStep(True, model, (), _agreeing(model, keys, rank))
+            model, size = self._best(gathered, rank)
+            if model is not None and size >= stage.min_agree:
+                return CascadeStep(True, model, (), self._agreeing(model, keys))
         raise AssertionError("unreachable: the last stage always decides")
+
+    def _same(self, a: str | None, b: str | None) -> bool:
+        if a is not None and b is not None and (a[:1] == "\0" or b[:1] == "\0"):
+            return a == b  # a keyless response (final stage) agrees only with itself
+        return A.agree(a, b, self.kind, self.threshold)
+
+    def _best(self, keys: Mapping[str, str | None],
+              rank: Mapping[str, int]) -> tuple[str | None, int]:
+        """The model agreeing with the most answers (itself included) and that count;
+        ties to the preferred model. Models without a key take no part."""
+        best: tuple[int, int] | None = None
+        model = None
+        for m, k in keys.items():
+            if k is None:
+                continue
+            size = sum(self._same(k, other) for other in keys.values())
+            score = (-size, rank[m])
+            if best is None or score < best:
+                best, model = score, m
+        return model, 0 if best is None else -best[0]
+
+    def _agreeing(self, model: str, keys: Mapping[str, str | None]) -> tuple[str, ...]:
+        key = keys.get(model)
+        if key is None:
+            return (model,)
+        return tuple(m for m in keys if m == model or self._same(key, keys[m]))
 
     def _final(self, answers: Mapping[str, str | None], keys: dict[str, str | None],
                last: tuple[str, ...], rank: dict[str, int]) -> CascadeStep:
@@ -131,15 +162,16 @@ class CascadePlan:
             alive = [m for m in pool if answers.get(m) is not None]
             if not alive:
                 continue
-            # responses without a key are groups of their own
+            # responses without a key agree only with themselves
             labelled = {m: keys[m] if keys[m] is not None else f"\0{m}" for m in alive}
-            model = min(_best_group(labelled, rank), key=rank.__getitem__)
-            return CascadeStep(True, model, (), _agreeing(model, keys, rank))
+            model, _ = self._best(labelled, rank)
+            assert model is not None
+            return CascadeStep(True, model, (), self._agreeing(model, keys))
         return CascadeStep(True, None, (), ())
 
     # ---- JSON ---------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "prefer": list(self.prefer),
+        return {"kind": self.kind, "prefer": list(self.prefer), "threshold": self.threshold,
                 "stages": [{"models": list(s.models), "min_agree": s.min_agree}
                            for s in self.stages]}
 
@@ -148,7 +180,8 @@ class CascadePlan:
         try:
             stages = tuple(CascadeStage(tuple(str(m) for m in s["models"]), int(s["min_agree"]))
                            for s in obj["stages"])
-            return cls(str(obj["kind"]), stages, tuple(str(m) for m in obj.get("prefer", ())))
+            return cls(str(obj["kind"]), stages, tuple(str(m) for m in obj.get("prefer", ())),
+                       float(obj.get("threshold", 1.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"not a cascade plan: {json.dumps(obj)[:200]} ({exc})") from exc
 
@@ -160,31 +193,12 @@ class CascadePlan:
             last = i == len(self.stages) - 1
             parts.append(names if last or (len(s.models) == 1 and s.min_agree == 1)
                          else f"{names}>={s.min_agree}")
-        return " -> ".join(parts)
+        text = " -> ".join(parts)
+        return text if self.threshold >= 1.0 else f"{text} (agree at {self.threshold:g})"
 
 
 def _short(model: str) -> str:
     return model.rsplit("/", 1)[-1]
-
-
-def _best_group(keys: Mapping[str, str | None], rank: Mapping[str, int]) -> tuple[str, ...]:
-    """The largest group of equal keys (ties: the group holding the preferred model)."""
-    by_key: dict[str, list[str]] = {}
-    for m, k in keys.items():
-        if k is not None:
-            by_key.setdefault(k, []).append(m)
-    if not by_key:
-        return ()
-    best = min(by_key.values(), key=lambda g: (-len(g), min(rank[m] for m in g)))
-    return tuple(best)
-
-
-def _agreeing(model: str, keys: Mapping[str, str | None],
-              rank: Mapping[str, int]) -> tuple[str, ...]:
-    key = keys.get(model)
-    if key is None:
-        return (model,)
-    return tuple(m for m in keys if keys[m] == key)
 
 
 # ---- the policy -------------------------------------------------------------------------
@@ -280,7 +294,7 @@ class CascadePolicy(Policy):
                     pick = c
         plan = pick.plan
         if plan.kind != kind and kind in A.KINDS:  # all-kinds plan: extract as this kind
-            plan = CascadePlan(kind, plan.stages, plan.prefer)
+            plan = CascadePlan(kind, plan.stages, plan.prefer, plan.threshold)
         return plan
 
     # ---- the generic single-model estimate ----------------------------------------------

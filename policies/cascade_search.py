@@ -6,7 +6,7 @@ numpy over all rows at once: cost is the sum of every call made, quality that of
 returned answer. :func:`search_plans` scores a family of candidate plans per answer kind
 on the train rows and keeps, for every ``lam`` of a fine grid, the plan of best train
 utility ``quality - lam * cost``, within the plan family (single models; two stages;
-three stages) that K-fold cross-validation of that selection prefers at that lam.
+three stages) that K-fold cross-validation of that selection prefers for the kind.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from policies._priors import kfold
 #: 3 = + three-stage plans
 LEVELS = (1, 2, 3)
 GRID_POINTS = 160
+#: agreement thresholds searched for code and free text (answers.similarity)
+THRESHOLDS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3)
 
 
 @dataclass
@@ -35,6 +37,9 @@ class Table:
     alive: np.ndarray  # (n, m) bool: a response exists (the call did not fail)
     quality: np.ndarray  # (n, m) in [0, 1]
     cost: np.ndarray  # (n, m) USD
+    #: (n, m, m) answers.similarity of two cells' keys (0 where either has none; 1 on the
+    #: diagonal of live cells, so a keyless response agrees with itself only)
+    same: np.ndarray
 
     @classmethod
     def build(cls, kinds: Sequence[str], responses: Sequence[Sequence[str | None]],
@@ -43,23 +48,36 @@ class Table:
         codes = np.array(A.key_codes(keys), dtype=np.int64).reshape(quality.shape)
         alive = np.array([[r is not None for r in row] for row in responses],
                          dtype=bool).reshape(quality.shape)
-        return cls(codes, alive, np.asarray(quality, float), np.asarray(cost, float))
+        valid = codes >= 0
+        same = ((codes[:, :, None] == codes[:, None, :]) & valid[:, :, None]
+                & valid[:, None, :]).astype(np.float32)
+        for i, kind in enumerate(kinds):
+            if kind in A.GRADED_KINDS:
+                row = keys[i]
+                for j, k in combinations(range(len(row)), 2):
+                    same[i, j, k] = same[i, k, j] = A.similarity(row[j], row[k], kind)
+        idx = np.arange(codes.shape[1])
+        same[:, idx, idx] = alive
+        return cls(codes, alive, np.asarray(quality, float), np.asarray(cost, float), same)
 
     def rows(self, idx: np.ndarray) -> Table:
-        return Table(self.codes[idx], self.alive[idx], self.quality[idx], self.cost[idx])
+        return Table(self.codes[idx], self.alive[idx], self.quality[idx], self.cost[idx],
+                     self.same[idx])
 
 
-def vote(t: Table, cols: Sequence[int], rank: np.ndarray,
-         final: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(largest group size, its preferred member's column) per row over ``cols``.
+def vote(t: Table, cols: Sequence[int], rank: np.ndarray, final: bool,
+         threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(most agreements, the preferred such member's column) per row over ``cols``: a
+    member's agreements count the members whose similarity to it reaches ``threshold``,
+    itself included.
 
-    ``final``: every live response is a member (one without a key is a group of one);
-    otherwise only responses with an answer key. Size 0 (column -1) when nobody is.
+    ``final``: every live response is a member (one without a key agrees only with
+    itself); otherwise only responses with an answer key. 0 (column -1) when nobody is.
     """
     cols = np.asarray(cols, dtype=np.int64)
-    c = t.codes[:, cols]
-    member = t.alive[:, cols] if final else (c >= 0)
-    eq = (c[:, :, None] == c[:, None, :]) & member[:, :, None] & member[:, None, :]
+    member = t.alive[:, cols] if final else (t.codes[:, cols] >= 0)
+    eq = ((t.same[:, cols][:, :, cols] >= np.float32(threshold) - 1e-6)
+          & member[:, :, None] & member[:, None, :])
     size = eq.sum(axis=2)
     top = size.max(axis=1)
     best = (size == top[:, None]) & member
@@ -68,8 +86,8 @@ def vote(t: Table, cols: Sequence[int], rank: np.ndarray,
     return top, rep
 
 
-def simulate(t: Table, stages: Sequence[tuple[Sequence[int], int]],
-             rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulate(t: Table, stages: Sequence[tuple[Sequence[int], int]], rank: np.ndarray,
+             threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (quality, cost, returned column or -1) of a plan given as column stages."""
     n = t.codes.shape[0]
     done = np.zeros(n, dtype=bool)
@@ -81,11 +99,11 @@ def simulate(t: Table, stages: Sequence[tuple[Sequence[int], int]],
         cost += np.where(done, 0.0, t.cost[:, cols].sum(axis=1))
         gathered += cols
         if k == len(stages) - 1:
-            size_l, rep_l = vote(t, cols, rank, final=True)
-            _, rep_a = vote(t, gathered, rank, final=True)
+            size_l, rep_l = vote(t, cols, rank, True, threshold)
+            _, rep_a = vote(t, gathered, rank, True, threshold)
             rep = np.where(done, rep, np.where(size_l > 0, rep_l, rep_a))
         else:
-            size, r = vote(t, gathered, rank, final=False)
+            size, r = vote(t, gathered, rank, False, threshold)
             accept = ~done & (size >= need)
             rep = np.where(accept, r, rep)
             done |= accept
@@ -102,6 +120,15 @@ class Candidates:
     level: np.ndarray  # (p,) plan family of each candidate
     q_fold: np.ndarray  # (p, K) quality sums per fold
     c_fold: np.ndarray  # (p, K) cost sums per fold
+    threshold: np.ndarray  # (p,) agreement threshold of each candidate
+
+    @staticmethod
+    def merge(parts: Sequence[Candidates]) -> Candidates:
+        return Candidates([s for p in parts for s in p.stages],
+                          np.concatenate([p.level for p in parts]),
+                          np.concatenate([p.q_fold for p in parts]),
+                          np.concatenate([p.c_fold for p in parts]),
+                          np.concatenate([p.threshold for p in parts]))
 
 
 def _prefixes(m: int, max_first: int) -> list[tuple[tuple[tuple[int, ...], int], ...]]:
@@ -124,7 +151,7 @@ def _level(prefix: tuple) -> int:
 
 
 def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
-                     max_first: int) -> Candidates:
+                     max_first: int, threshold: float = 1.0) -> Candidates:
     """Every candidate plan: a prefix of non-final stages, then one final model (or, for
     the 2-3 model voting plans, the vote itself as the final stage)."""
     n, m = t.codes.shape
@@ -141,13 +168,13 @@ def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
         for cols, need in prefix:
             cost += np.where(done, 0.0, t.cost[:, list(cols)].sum(axis=1))
             gathered += list(cols)
-            size, r = vote(t, gathered, rank, final=False)
+            size, r = vote(t, gathered, rank, False, threshold)
             accept = ~done & (size >= need)
             rep = np.where(accept, r, rep)
             done |= accept
         q_done = np.where(rep >= 0, t.quality[rows, np.maximum(rep, 0)], 0.0)
         if gathered:
-            size_a, rep_a = vote(t, gathered, rank, final=True)
+            _, rep_a = vote(t, gathered, rank, True, threshold)
             q_fall = np.where(rep_a >= 0, t.quality[rows, np.maximum(rep_a, 0)], 0.0)
         else:
             q_fall = np.zeros(n)
@@ -163,13 +190,13 @@ def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
             levels.append(lvl)
         if len(prefix) == 1 and len(prefix[0][0]) == 3 and prefix[0][1] == 2:
             # majority vote of three as a one-stage plan
-            q_v, c_v, _ = simulate(t, [(prefix[0][0], 1)], rank)
+            q_v, c_v, _ = simulate(t, [(prefix[0][0], 1)], rank, threshold)
             qs.append((onehot.T @ q_v)[:, None])
             cs.append((onehot.T @ c_v)[:, None])
             stages.append(((prefix[0][0], 1),))
             levels.append(2)
     return Candidates(stages, np.array(levels), np.concatenate(qs, axis=1).T,
-                      np.concatenate(cs, axis=1).T)
+                      np.concatenate(cs, axis=1).T, np.full(len(stages), float(threshold)))
 
 
 def lam_grid(cost: np.ndarray, points: int = GRID_POINTS) -> np.ndarray:
@@ -182,29 +209,32 @@ def lam_grid(cost: np.ndarray, points: int = GRID_POINTS) -> np.ndarray:
 
 
 def select(cand: Candidates, sizes: np.ndarray, lams: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Chosen candidate per lam, plus the cross-validated utility of each family.
+    """Chosen candidate per lam, plus the cross-validated utility of each plan family.
 
-    At each lam, for each family level L, fold f's plan is the best of level <= L on the
-    other folds, scored on f; the level with the best total held-out utility (ties: the
-    smaller family) is then searched on all train rows.
+    For each lam and family level L, fold f's plan is the best of level <= L on the other
+    folds, scored on f. The level with the best held-out utility summed over the lam grid
+    (ties: the smaller family) is then searched on all train rows at every lam: one family
+    per answer kind, so the plans do not flip between families from one lam to the next.
     """
     q_all, c_all = cand.q_fold.sum(axis=1), cand.c_fold.sum(axis=1)
     n = sizes.sum()
-    chosen = np.empty(len(lams), dtype=np.int64)
     cv = np.zeros((len(lams), len(LEVELS)))
     for i, lam in enumerate(lams):
         u_fold = cand.q_fold - lam * cand.c_fold  # (p, K)
         u_rest = (q_all - lam * c_all)[:, None] - u_fold  # utility without fold f
         for li, lvl in enumerate(LEVELS):
-            ok = cand.level <= lvl
-            rest = np.where(ok[:, None], u_rest, -np.inf)
+            rest = np.where((cand.level <= lvl)[:, None], u_rest, -np.inf)
             best = rest.argmax(axis=0)
             cv[i, li] = u_fold[best, np.arange(u_fold.shape[1])].sum() / n
-        lvl = LEVELS[int(np.flatnonzero(cv[i] >= cv[i].max() - 1e-12)[0])]
-        u = np.where(cand.level <= lvl, (q_all - lam * c_all), -np.inf)
+    total = cv.sum(axis=0)
+    level = LEVELS[int(np.flatnonzero(total >= total.max() - 1e-9)[0])]
+    chosen = np.empty(len(lams), dtype=np.int64)
+    for i, lam in enumerate(lams):
+        u = np.where(cand.level <= level, q_all - lam * c_all, -np.inf)
         top = np.flatnonzero(u >= u.max() - 1e-12)
         chosen[i] = top[np.argmin(c_all[top])]
-    return chosen, {"cv_utility": cv.tolist(), "levels": list(LEVELS)}
+    return chosen, {"cv_utility": cv.tolist(), "levels": list(LEVELS), "level": level,
+                    "cv_gain_over_single": float((total - total[0]).max() / len(lams))}
 
 
 def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]],
@@ -229,22 +259,23 @@ def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]]
         rank = np.empty(len(models), dtype=np.int64)
         rank[prefer] = np.arange(len(models))
         parts = kfold(len(idx), folds, seed)
-        cand = score_candidates(t, rank, parts, max_first)
+        graded = kind in A.GRADED_KINDS  # the all-kinds fallback keeps exact agreement
+        cand = Candidates.merge([score_candidates(t, rank, parts, max_first, tau)
+                                 for tau in (THRESHOLDS if graded else (1.0,))])
         sizes = np.array([len(p) for p in parts])
         chosen, sel = select(cand, sizes, lams)
         plan_kind = kind if kind in A.KINDS else "text"
         prefer_names = tuple(models[j] for j in prefer)
         out: list[PlanChoice] = []
         for lam, p in zip(lams, chosen, strict=True):
-            if out and out[-1].plan.stages == _named(cand.stages[p], models):
-                continue
             stages = _named(cand.stages[p], models)
-            out.append(PlanChoice(
-                CascadePlan(plan_kind, stages, tuple(m for m in prefer_names
-                                                     if m in {x for s in stages
-                                                              for x in s.models})),
-                float(lam), float(cand.q_fold[p].sum() / len(idx)),
-                float(cand.c_fold[p].sum() / len(idx))))
+            used = {x for s in stages for x in s.models}
+            plan = CascadePlan(plan_kind, stages, tuple(m for m in prefer_names if m in used),
+                               float(cand.threshold[p]) if _agrees(stages) else 1.0)
+            if out and out[-1].plan == plan:
+                continue
+            out.append(PlanChoice(plan, float(lam), float(cand.q_fold[p].sum() / len(idx)),
+                                  float(cand.c_fold[p].sum() / len(idx))))
         plans[kind] = out
         info["kinds"][kind] = {"rows": int(len(idx)), "candidates": len(cand.stages), **sel}
     return plans, info
@@ -255,6 +286,11 @@ def _named(stages, models: Sequence[str]):
 
     return tuple(CascadeStage(tuple(models[j] for j in cols), int(need))
                  for cols, need in stages)
+
+
+def _agrees(stages) -> bool:
+    """Whether the threshold matters: some stage compares two or more answers."""
+    return len(stages) > 1 or len(stages[0].models) > 1
 
 
 def _preference(quality: np.ndarray, cost: np.ndarray) -> np.ndarray:

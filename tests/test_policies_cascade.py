@@ -122,24 +122,34 @@ def _random_plan(rng: np.random.Generator, m: int) -> list[tuple[list[int], int]
     return stages
 
 
-def test_vectorised_replay_matches_step() -> None:
-    """simulate() (the search's numpy replay) decides exactly as CascadePlan.step."""
+WORDS = ["return", "a", "b", "+", "-", "x", "sorted", "len", "(", ")"]
+
+
+@pytest.mark.parametrize("kind, threshold", [("mc", 1.0), ("text", 0.5), ("text", 1.0)])
+def test_vectorised_replay_matches_step(kind: str, threshold: float) -> None:
+    """simulate() (the search's numpy replay) decides exactly as CascadePlan.step, for
+    exact agreement and for graded (token overlap) agreement of free text."""
     rng = np.random.default_rng(7)
-    n, m = 300, 5
+    n, m = 200, 5
     models = [f"m{j}" for j in range(m)]
-    choices = np.array(list("ABC") + ["Hmm", None], dtype=object)
-    responses = [[choices[k] for k in rng.choice(5, size=m, p=[.3, .3, .2, .1, .1])]
-                 for _ in range(n)]
+    if kind == "mc":
+        choices = np.array(list("ABC") + ["Hmm", None], dtype=object)
+        responses = [[choices[k] for k in rng.choice(5, size=m, p=[.3, .3, .2, .1, .1])]
+                     for _ in range(n)]
+    else:
+        responses = [[None if rng.random() < 0.1 else
+                      " ".join(rng.choice(WORDS[:6], size=int(rng.integers(1, 4))))
+                      for _ in range(m)] for _ in range(n)]
     quality = rng.random((n, m))
     cost = rng.random((n, m))
-    table = Table.build(["mc"] * n, responses, quality, cost)
-    for _ in range(40):
+    table = Table.build([kind] * n, responses, quality, cost)
+    for _ in range(30):
         stages = _random_plan(rng, m)
         prefer = tuple(models[j] for j in rng.permutation(m))
-        plan = CascadePlan("mc", tuple(CascadeStage(tuple(models[j] for j in cols), need)
-                                       for cols, need in stages), prefer)
+        plan = CascadePlan(kind, tuple(CascadeStage(tuple(models[j] for j in cols), need)
+                                       for cols, need in stages), prefer, threshold)
         rank = np.array([plan.rank().get(x, m + j) for j, x in enumerate(models)])
-        q, c, rep = simulate(table, stages, rank)
+        q, c, rep = simulate(table, stages, rank, threshold)
         for i in range(n):
             answers: dict[str, str | None] = {}
             spent = 0.0

@@ -1,0 +1,160 @@
+"""Answer-aware cascades on the RouterBench subset: the done-when figures of issue #12.
+
+Every choice is made on the train split: the cascade policy searches its plans on the
+train responses (policies/cascade_search.py) and the lam grid is `router eval`'s
+``auto`` grid from the train costs. Printed, from the recorded test responses:
+
+1. overall: the cheapest sweep point reaching gpt-4's test accuracy (and the hull's cost
+   to reach it, i.e. mixing two neighbouring plans), against the $2.00 / $1.50 per 1k
+   targets, plus the sweep points around it;
+2. ARC-Challenge alone: the cheapest point reaching 0.935 (99% of gpt-4) and 0.944, as a
+   share of gpt-4's cost there (targets 35% / 40%);
+3. (unless ``--no-aiq``) a full ``router eval`` with the cascade, task-static and the
+   prompt-only learned policies (knn, mlp, routerdc, cscr; embeddings cached on disk):
+   AIQ of each with its bootstrap interval, and the cascade's paired AIQ difference against
+   the best prompt-only policy.
+
+    python benchmarks/bench_cascade.py [--data DIR] [--no-aiq] [--bootstrap N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "routerbench-subset"
+GPT4 = "gpt-4-1106-preview"
+PROMPT_ONLY = "knn,mlp,routerdc,cscr"
+
+
+def _k(cost: float | None) -> str:
+    return "never" if cost is None else f"${cost * 1000:.2f}/1k"
+
+
+def curve_lines(q: np.ndarray, c: np.ndarray, lams: np.ndarray, plans: list[dict[str, str]],
+                kinds: list[str] | None = None) -> list[str]:
+    """Distinct sweep points (quality, cost) with the plans behind them."""
+    out, seen = [], set()
+    for i in range(len(lams)):
+        key = (round(float(q[i]), 6), round(float(c[i]), 9))
+        if key in seen:
+            continue
+        seen.add(key)
+        shown = {k: v for k, v in plans[i].items() if kinds is None or k in kinds}
+        out.append(f"    lam={lams[i]:<9.3g} quality={q[i]:.4f} cost={_k(c[i])}  {shown}")
+    return out
+
+
+def reach(q: np.ndarray, c: np.ndarray, target: float) -> tuple[float | None, float | None]:
+    """(cheapest sweep point with quality >= target, hull cost to reach target)."""
+    from eval import metrics as M
+
+    ok = q >= target - 1e-12
+    point = float(c[ok].min()) if ok.any() else None
+    return point, M.cost_to_reach(M.pareto_hull(c, q), target)
+
+
+def offline(data: Path) -> None:
+    from eval.cascades import replay
+    from eval.harness import lam_grid
+    from policies import make_policy
+    from router.datasets import load_split
+
+    split = load_split(data)
+    train, test = split.train, split.test
+    lams = lam_grid("auto", train.eval_matrices()[1])
+    t0 = time.perf_counter()
+    policy = make_policy("cascade").fit_dataset(train, np.zeros((len(train), 1), np.float32))
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = replay(policy, test, lams)
+    replay_s = time.perf_counter() - t0
+    quality, cost = test.eval_matrices()
+    g = test.models.index(GPT4)
+    load = os.getloadavg()[0]
+    print(f"cascade fit on {len(train)} train prompts: {fit_s:.1f} s; replay of "
+          f"{len(lams)} lams x {len(test)} test prompts: {replay_s:.1f} s "
+          f"(shared machine, load average {load:.1f})")
+    for kind, info in policy.search_["kinds"].items():
+        print(f"  kind {kind}: {info['rows']} train rows, {info['candidates']} candidate plans, "
+              f"cross-validated family level {info['level']}")
+
+    q, c = out.quality.mean(axis=1), out.cost.mean(axis=1)
+    q4, c4 = float(quality[:, g].mean()), float(cost[:, g].mean())
+    point, hull = reach(q, c, q4)
+    print(f"\n1. overall ({len(test)} test prompts): gpt-4 {q4:.4f} at {_k(c4)}")
+    print(f"   cheapest sweep point with quality >= {q4:.4f}: {_k(point)}; on the hull "
+          f"(mixing two plans): {_k(hull)}; target <= $2.00/1k "
+          f"({'met' if point is not None and point <= 2e-3 else 'NOT met'} by a sweep point)"
+          f", stretch <= $1.50/1k")
+    print("   sweep points:")
+    print("\n".join(curve_lines(q, c, lams, out.plans)))
+
+    arc = np.array([t == "arc-challenge" for t in test.tasks])
+    qa, ca = out.quality[:, arc].mean(axis=1), out.cost[:, arc].mean(axis=1)
+    qa4, ca4 = float(quality[arc, g].mean()), float(cost[arc, g].mean())
+    print(f"\n2. ARC-Challenge ({int(arc.sum())} test prompts): gpt-4 {qa4:.4f} at {_k(ca4)}")
+    for target, share in ((0.935, 0.35), (0.944, 0.40)):
+        point, hull = reach(qa, ca, target)
+        pct = "-" if point is None else f"{100 * point / ca4:.1f}%"
+        hpct = "-" if hull is None else f"{100 * hull / ca4:.1f}%"
+        ok = point is not None and point <= share * ca4
+        print(f"   quality >= {target}: cheapest sweep point {_k(point)} = {pct} of gpt-4's "
+              f"cost; hull {_k(hull)} = {hpct}; target <= {100 * share:.0f}%: "
+              f"{'met' if ok else 'NOT met'} by a sweep point")
+    print("   sweep points:")
+    print("\n".join(curve_lines(qa, ca, lams, out.plans, kinds=["mc"])))
+
+
+def aiq(data: Path, bootstrap: int) -> None:
+    from router.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        rc = main(["eval", "--data", str(data), "--out", tmp, "--quiet", "--threads", "1",
+                   "--bootstrap", str(bootstrap), "--no-plots", "--policies",
+                   f"cascade,task-static,{PROMPT_ONLY}"])
+        if rc != 0:
+            raise SystemExit(f"router eval failed with exit status {rc}")
+        results = json.loads((Path(tmp) / "results.json").read_text())
+        wall = time.perf_counter() - t0
+    print(f"\n3. AIQ ({bootstrap} paired bootstrap resamples; router eval {wall:.0f} s):")
+    for label, p in sorted(results["policies"].items(), key=lambda kv: -kv[1]["aiq"]):
+        ci = p.get("aiq_ci") or [float("nan")] * 2
+        print(f"   {label:12s} AIQ {p['aiq']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]")
+    cmp = results["policies"]["cascade"]["vs_best_prompt_only"]
+    ci = cmp["aiq_diff_ci"]
+    print(f"   cascade - {cmp['baseline']} (best prompt-only): AIQ {cmp['aiq_diff']:+.4f} "
+          f"[{ci[0]:+.4f}, {ci[1]:+.4f}] -> interval above 0: "
+          f"{'yes' if ci[0] > 0 else 'NO'}")
+    print(f"   matched costs: {cmp['summary']}")
+    ts = results["policies"]["cascade"]["vs_task_static"]
+    print(f"   vs task-static: {ts['summary']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--no-aiq", action="store_true", help="skip the full router eval")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if not args.data.is_dir():
+        raise SystemExit(f"--data {args.data}: no such directory")
+    offline(args.data)
+    if not args.no_aiq:
+        aiq(args.data, args.bootstrap)
+
+
+if __name__ == "__main__":
+    main()
