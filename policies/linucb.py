@@ -19,10 +19,12 @@ default); :meth:`attach_store` shares them through a durable embedded store or R
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from policies._fallback import blend
 from policies._priors import fill_cost
 from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
 from router.state.bandit_store import BanditState, BanditStore, EmbeddedBanditStore
@@ -30,12 +32,38 @@ from router.state.bandit_store import BanditState, BanditStore, EmbeddedBanditSt
 PROJECTIONS = ("pca", "random")
 
 
+@dataclass
+class BanditEstimate:
+    """One batch of LinUCB estimates, each (n, m) unless noted.
+
+    ``mean`` is the posterior mean quality in [0, 1] (backed off toward the train mean of
+    each model by ``fallback``), what exploitation ranks and what is reported as quality;
+    ``bonus`` is the optimism bonus ``alpha * sqrt(z^T A^-1 z)`` (>= 0), reported apart and
+    used only by decisions allowed to explore (:mod:`router.exploration`); ``familiarity``
+    (n,) is the query's familiarity score and ``fallback`` (n,) the back-off weight in [0, 1]
+    (0: the bandit's own mean, 1: the best single model's train means).
+    """
+
+    mean: np.ndarray
+    bonus: np.ndarray
+    cost: np.ndarray
+    familiarity: np.ndarray
+    fallback: np.ndarray
+
+    @property
+    def optimistic(self) -> np.ndarray:
+        """Unclipped upper confidence bounds ``mean + bonus`` (for exploring decisions)."""
+        return self.mean + self.bonus
+
+
 class LinUCBPolicy(Policy):
     """Per-arm ridge regression on embedding features with a UCB exploration bonus.
 
     Parameters: ``alpha`` (exploration, >= 0), ``prior_weight`` (weight of the offline
     train fit, >= 0; 0 = cold start), ``reg`` (ridge penalty, > 0), ``proj_dim`` (None =
-    full embedding dimension), ``projection`` ("pca" or "random"), ``seed``.
+    full embedding dimension), ``projection`` ("pca" or "random"), ``seed``, ``fallback``
+    (blend the exploiting estimate toward each model's train mean far from the training
+    prompts, strength fitted on train: :mod:`policies._fallback`; False = never).
     """
 
     name = "linucb"
@@ -49,7 +77,9 @@ class LinUCBPolicy(Policy):
         proj_dim: int | None = None,
         projection: str = "pca",
         seed: int = 0,
+        fallback: bool = True,
     ) -> None:
+        self.fallback = fallback
         self.alpha = alpha
         self.prior_weight = prior_weight
         self.reg = reg
@@ -126,6 +156,64 @@ class LinUCBPolicy(Policy):
         )
         self._store = EmbeddedBanditStore()
         self._store.initialize(state)
+        self._fit_fallback(data)
+
+    def _fit_fallback(self, data: TrainData) -> None:
+        """The far-from-training fallback (:mod:`policies._fallback`), fitted on train."""
+        from policies._distance import Familiarity
+        from policies._fallback import Fallback, fit_fallback
+
+        observed = ~np.isnan(data.quality)
+        self.global_quality_ = np.nan_to_num(np.nanmean(
+            np.where(observed, data.quality, np.nan), axis=0), nan=0.0)
+        self.global_n_ = observed.sum(axis=0).astype(np.float64)
+        if not self.fallback or float(self.prior_weight) == 0 or len(data.X) < 4:
+            self.familiarity_, self.fallback_ = None, Fallback()  # cold start: no prior to keep
+            return
+        params = {**self.get_params(), "fallback": False}
+
+        def raw(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+            return LinUCBPolicy(**params).ridge_means(data.X[tr], data.quality[tr], data.X[te])
+
+        self.familiarity_ = Familiarity.fit(data.X)
+        self.fallback_ = fit_fallback(data.X, data.quality, data.cost, data.tasks, raw,
+                                      seed=int(self.seed))
+
+    def ridge_means(self, X: np.ndarray, quality: np.ndarray, Xq: np.ndarray) -> np.ndarray:
+        """Prior-only mean quality (n_q, m) at ``Xq`` of this configuration fitted on (X,
+        quality): the same ridge as :meth:`fit`, solved without the bandit state (arms
+        observed on the same rows share one factorisation)."""
+        self._fit_projection(X)
+        Z, Zq = self.features(X), self.features(Xq)
+        pw, reg = float(self.prior_weight), float(self.reg)
+        observed = ~np.isnan(quality)
+        q = np.where(observed, quality, 0.0)
+        out = np.empty((len(Zq), quality.shape[1]))
+        masks, arm_group = np.unique(observed.T, axis=0, return_inverse=True)
+        for g, mask in enumerate(masks):
+            arms = np.flatnonzero(arm_group.reshape(-1) == g)
+            Zo = Z[mask]
+            A = pw * (Zo.T @ Zo) + reg * np.eye(Z.shape[1])
+            theta = np.linalg.solve(A, pw * (Zo.T @ q[mask][:, arms]))
+            out[:, arms] = Zq @ theta
+        return out
+
+    def backoff_weight(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(familiarity quantile, fallback weight), each (n,), of query embeddings X."""
+        n = np.atleast_2d(X).shape[0]
+        fam = getattr(self, "familiarity_", None)
+        if fam is None:
+            return np.full(n, np.nan), np.zeros(n)
+        u = fam.quantile(fam.score(X))
+        return u, self.fallback_.weight(u)
+
+    def fallback_target(self) -> np.ndarray:
+        """Each model's mean quality over the training rows and the online outcomes: what
+        the estimate falls back to (the best single model at any lam ranks first on it)."""
+        with self.store.read() as st:
+            n = self.global_n_ + st.counts
+            return np.where(n > 0, (self.global_n_ * self.global_quality_ + st.reward)
+                            / np.maximum(n, 1), self.global_quality_)
 
     # ---- online state ---------------------------------------------------------------------
     @property
@@ -189,10 +277,20 @@ class LinUCBPolicy(Policy):
         mean, width, _ = self.predict_parts(X)
         return mean + float(self.alpha) * width
 
-    def _predict(self, X, tasks, truth) -> Estimate:
+    def estimates(self, X: np.ndarray) -> BanditEstimate:
+        """What serving decides on: posterior means in [0, 1] (backed off toward the train
+        means far from the training prompts), the optimism bonus apart, and costs."""
         mean, width, cost = self.predict_parts(X)
-        quality = np.clip(mean + float(self.alpha) * width, 0.0, 1.0)
-        return Estimate(quality, np.broadcast_to(cost, quality.shape).copy())
+        fam, weight = self.backoff_weight(X)
+        mean = np.clip(mean, 0.0, 1.0)
+        if weight.any():
+            mean = blend(mean, self.fallback_target(), weight)
+        return BanditEstimate(mean, float(self.alpha) * width,
+                              np.broadcast_to(cost, mean.shape).copy(), fam, weight)
+
+    def _predict(self, X, tasks, truth) -> Estimate:
+        est = self.estimates(X)  # exploitation: the posterior mean, never the bonus
+        return Estimate(est.mean, est.cost)
 
     def reserve_cost(self) -> np.ndarray:
         """Largest cost seen per arm (train and online): a cautious budget reservation."""
@@ -206,7 +304,11 @@ class LinUCBPolicy(Policy):
         arrays["mean"] = self.mean_
         if self.proj_ is not None:
             arrays["proj"] = self.proj_
-        return arrays, {"version": state.version, "fingerprint": state.fingerprint}
+        arrays["global_quality"], arrays["global_n"] = self.global_quality_, self.global_n_
+        if self.familiarity_ is not None:
+            arrays.update(self.familiarity_.arrays())
+        return arrays, {"version": state.version, "fingerprint": state.fingerprint,
+                        "fallback": self.fallback_.meta()}
 
     def _set_state(self, arrays, meta) -> None:
         try:
@@ -219,3 +321,21 @@ class LinUCBPolicy(Policy):
             raise ArtifactError(f"linucb: artifact arrays are incomplete ({exc})") from exc
         self._store = EmbeddedBanditStore()
         self._store.initialize(state)
+        self._set_fallback_state(arrays, meta, state.n_arms)
+
+    def _set_fallback_state(self, arrays, meta, m: int) -> None:
+        """The fallback's parts; artifacts written before it had none (never falls back)."""
+        from policies._distance import Familiarity
+        from policies._fallback import Fallback
+
+        self.global_quality_ = np.asarray(arrays.get("global_quality", np.zeros(m)), np.float64)
+        self.global_n_ = np.asarray(arrays.get("global_n", np.zeros(m)), np.float64)
+        try:
+            self.fallback_ = Fallback.from_meta(meta["fallback"]) if "fallback" in meta \
+                else Fallback()
+            self.familiarity_ = (Familiarity.from_arrays(arrays)
+                                 if "familiarity_k" in arrays else None)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"linucb: the artifact's fallback is malformed ({exc})") from exc
+        if self.global_quality_.shape != (m,) or self.global_n_.shape != (m,):
+            raise ArtifactError(f"linucb: global_quality/global_n must have {m} entries")

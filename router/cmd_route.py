@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+import numpy as np
+
 from router.cli import CLIError
 
 
@@ -50,14 +52,20 @@ def route_prompt(
     decision = decision_from_estimate(est, policy.models_, lam=lam, budget=budget)
     q, c = est.quality[0], est.cost[0]
 
+    # online policies: quality is the posterior mean; the optimism bonus is reported apart
+    bandit = policy.estimates(x[None, :]) if hasattr(policy, "estimates") else None
+
     def entry(name: str | None) -> dict[str, Any] | None:
         if name is None:
             return None
         j = policy.models_.index(name)
-        return {"model": name, "quality": float(q[j]), "cost": float(c[j]),
-                "score": decision.scores[name]}
+        out = {"model": name, "quality": float(q[j]), "cost": float(c[j]),
+               "score": decision.scores[name]}
+        if bandit is not None:
+            out["bonus"] = float(bandit.bonus[0, j])
+        return out
 
-    return {
+    out = {
         "policy": policy.name,
         "lam": lam,
         "budget": budget,
@@ -66,6 +74,11 @@ def route_prompt(
         "runner_up": entry(decision.runner_up),
         "estimates": [entry(m) for m in policy.models_],
     }
+    if bandit is not None:  # how familiar the prompt is, and how far that backed off
+        fam = float(bandit.familiarity[0])
+        out.update(familiarity=fam if np.isfinite(fam) else None,
+                   fallback=float(bandit.fallback[0]))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"policy:    {policy.name} ({mode})")
     print(f"model:     {chosen['model']}")
     print(f"estimate:  quality {chosen['quality']:.3f}, cost ${chosen['cost']:.6f} per call")
+    if "bonus" in chosen:
+        fam = result["familiarity"]
+        print(f"bonus:     {chosen['bonus']:.3f} (optimism, not in the estimate; familiarity "
+              f"{'n/a' if fam is None else f'{fam:.2f}'}, fallback weight "
+              f"{result['fallback']:.2f})")
     if runner is not None:
         print(f"runner-up: {runner['model']} (quality {runner['quality']:.3f}, "
               f"cost ${runner['cost']:.6f})")

@@ -119,7 +119,9 @@ class Gateway:
         served: dict[str, ServedPolicy] = {}
         for name, (pol, enc) in policies.items():
             try:
-                served[name] = ServedPolicy(name, pol, enc, r.model_map, set(backends))
+                served[name] = ServedPolicy(
+                    name, pol, enc, r.model_map, set(backends),
+                    exploration_share=r.exploration_shares.get(name, r.exploration_share))
                 served[name].check()  # loads the encoder: a mismatch fails at start
             except (PolicyError, ValueError) as exc:
                 raise ConfigError(f"routing: {exc}") from None
@@ -128,6 +130,10 @@ class Gateway:
             if served[name].unmapped():
                 log.warning("policy %s: models without a backend are never chosen: %s", name,
                             served[name].unmapped())
+        unknown = sorted(set(r.exploration_shares) - set(served))
+        if unknown:
+            raise ConfigError(f"routing.exploration_shares: unknown policy name(s) {unknown}; "
+                              f"served policies: {sorted(served)}")
         self.router = Router(served, default_policy, lam=r.lam, budget=r.budget,
                              fallback=r.fallback, cache_size=r.embedding_cache_size)
 
@@ -281,7 +287,8 @@ class Gateway:
             return await self.cascade.run(call, rec, t0)
         plan = await self.planner.plan(call)
         rec.update(policy=plan.policy, lam=plan.lam, budget=plan.budget,
-                   candidates=[c.as_dict() for c in (plan.scores or plan.candidates)])
+                   candidates=[c.as_dict() for c in (plan.scores or plan.candidates)],
+                   **plan.record())
         rec["routing_ms"] = _ms(t0)
         return await self.single.run(call, plan, rec, t0)
 

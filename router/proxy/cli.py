@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "ONNX int8 on CPU, torch if ONNX is unavailable)")
     parser.add_argument("--state-dir", help="embedded state dir (overrides state.dir)")
     parser.add_argument("--lam", type=float, help="default trade-off (overrides routing.lam)")
+    parser.add_argument("--exploration-share", type=float, metavar="S",
+                        help="share of an online policy's decisions that may explore, in [0, 1] "
+                             "(overrides routing.exploration_share; 0 = always exploit)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
 
@@ -42,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.lam is not None and args.lam < 0:
         raise CLIError("--lam must be >= 0")
+    share = getattr(args, "exploration_share", None)
+    if share is not None and not (share == share and 0 <= share <= 1):
+        raise CLIError(f"--exploration-share must be in [0, 1], got {share}")
     if args.port is not None and not 0 <= args.port <= 65535:
         raise CLIError(f"--port {args.port} is not a valid port")
     kwargs = {}
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             cfg.state.dir = args.state_dir
         if args.lam is not None:
             cfg.routing.lam = args.lam
+        if share is not None:
+            cfg.routing.exploration_share = share
         from router.proxy.app import create_app
 
         app = create_app(cfg, **kwargs)

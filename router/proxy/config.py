@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from router.exploration import DEFAULT_SHARE as DEFAULT_EXPLORATION_SHARE
 from router.proxy.litellm_compat import CompatError, apply_litellm_sections
 
 ENV_PREFIX = "os.environ/"
@@ -155,9 +156,23 @@ class RoutingConfig(_Strict):
     #: weight of a cascade's automatic agreement rewards (router.auto_rewards) in the
     #: updates of every served online policy (linucb): 0 = off, 1 = one /v1/feedback reward
     auto_reward_weight: float = Field(default=0.5, ge=0, le=1)
+    #: share of an online policy's decisions that may explore (use the optimism bonus) instead
+    #: of exploiting the posterior mean; 0 = never. Default router.exploration.DEFAULT_SHARE,
+    #: chosen on a train-split replay (router eval --explore); ``exploration_shares`` sets it
+    #: per policy name
+    exploration_share: float = Field(default=DEFAULT_EXPLORATION_SHARE, ge=0, le=1)
+    exploration_shares: dict[str, float] = Field(default_factory=dict)
     #: token counts used to turn per-token prices into a per-call cost estimate
     estimate_prompt_tokens: int = Field(default=500, ge=0)
     estimate_output_tokens: int = Field(default=200, ge=0)
+
+    @field_validator("exploration_shares")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, share in v.items():
+            if not (isinstance(share, int | float) and 0 <= share <= 1):
+                raise ValueError(f"share of {name!r} must be a number in [0, 1], got {share!r}")
+        return v
 
     @field_validator("timeouts")
     @classmethod

@@ -44,6 +44,12 @@ class Metrics:
                               ["model", "kind"], registry=r)
         self.fallbacks = Counter("costroute_fallbacks", "A failed backend replaced by another",
                                  ["from_model", "to_model"], registry=r)
+        self.exploration = Counter("costroute_exploration_decisions",
+                                   "Online policies' routing decisions, exploring or not",
+                                   ["policy", "explored"], registry=r)
+        self.exploration_share = Gauge("costroute_exploration_share",
+                                       "Configured share of decisions that may explore",
+                                       ["policy"], registry=r)
         self.feedback = Counter("costroute_feedback", "Feedback received",
                                 ["source", "updated"], registry=r)
         self.outcome_queue = Gauge("costroute_outcome_queue", "Outcome events not yet written",

@@ -27,6 +27,9 @@ class Planner:
         self.pool = pool
         self.metrics = metrics
         self.executor = executor
+        for name, served in router.policies.items():
+            if served.gate is not None:
+                metrics.exploration_share.labels(name).set(served.gate.share)
 
     def allowed(self, call: ChatCall) -> set[str]:
         """Backends whose worst case fits the key's budget, preferring those not cooling."""
@@ -68,6 +71,8 @@ class Planner:
         else:
             plan = self.router.plan(served, x, lam, budget, allowed)
         self.metrics.routing.observe(time.perf_counter() - t)
+        if plan.explored is not None:
+            self.metrics.exploration.labels(served.name, str(plan.explored).lower()).inc()
         if not plan.candidates:
             raise APIError(503, "No backend is available for this policy.", code="no_backend")
         return plan

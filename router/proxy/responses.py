@@ -38,7 +38,7 @@ class Responder:
         return {"model": rec["model"], "request_id": rec["request_id"], "cost": cost,
                 "policy": plan.policy, "lam": plan.lam, "budget": plan.budget,
                 "candidates": [c.as_dict() for c in plan.candidates],
-                "attempts": rec["attempts"]}
+                "attempts": rec["attempts"], **plan.record()}
 
     def finish(self, rec: dict[str, Any], plan: RoutePlan, cand: Candidate, backend: str,
                cost: float, prompt_tokens: int, completion_tokens: int, extra: dict[str, Any],

@@ -7,6 +7,11 @@
   policy for its estimates and orders the allowed backends: the policy's choice first (the
   shared :func:`policies.base.choose` rule), then the rest by the same trade-off, then the
   configured fallback order; these are the fallback candidates.
+* online policies with a bandit estimate (LinUCB's ``estimates``) are ordered by their
+  posterior means (what the candidates report as ``quality``, with the optimism ``bonus``
+  apart); the first candidate is the optimistic choice instead only when the policy's
+  :class:`router.exploration.ExplorationGate` lets the decision explore
+  (``routing.exploration_share``), and the plan says so (``explored``).
 
 The policy's models are mapped to backends by ``routing.model_map`` (identity by default);
 models with no backend are never chosen.
@@ -28,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Policy, PolicyError, check_lam, decision_from_estimate
+from policies.base import Estimate, Policy, PolicyError, check_lam, decision_from_estimate
+from router.exploration import DEFAULT_SHARE, ExplorationGate, choices
 
 ROUTED_PREFIX = "router-"
 AUTO = "router-auto"
@@ -151,10 +157,15 @@ class Candidate:
     quality: float | None = None
     cost: float | None = None
     score: float | None = None
+    #: online policies: the optimism bonus, apart from ``quality`` (the posterior mean)
+    bonus: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.backend, "score": _r(self.score), "quality": _r(self.quality),
-                "cost": _r(self.cost, 10)}
+        out = {"model": self.backend, "score": _r(self.score), "quality": _r(self.quality),
+               "cost": _r(self.cost, 10)}
+        if self.bonus is not None:
+            out["bonus"] = _r(self.bonus)
+        return out
 
 
 def _r(v: float | None, nd: int = 6) -> float | None:
@@ -172,6 +183,22 @@ class RoutePlan:
     embedding: np.ndarray | None = None
     #: every policy model's estimate (also those not allowed), for the outcome log
     scores: list[Candidate] = field(default_factory=list)
+    #: online policies: whether the first candidate is an exploring choice (None: not online)
+    explored: bool | None = None
+    #: online policies: familiarity quantile of the prompt and the fallback weight used
+    familiarity: float | None = None
+    fallback: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        """Exploration fields of the outcome record (empty for policies that do not explore)."""
+        if self.explored is None:
+            return {}
+        out: dict[str, Any] = {"explored": self.explored}
+        if self.familiarity is not None and math.isfinite(self.familiarity):
+            out["familiarity"] = _r(self.familiarity)
+        if self.fallback is not None:
+            out["fallback"] = _r(self.fallback)
+        return out
 
     @property
     def chosen(self) -> str | None:
@@ -188,7 +215,8 @@ class ServedPolicy:
     """A loaded policy, its encoder, and how its model names map to backends."""
 
     def __init__(self, name: str, policy: Policy, encoder: Any,
-                 model_map: dict[str, str], backends: set[str]) -> None:
+                 model_map: dict[str, str], backends: set[str],
+                 exploration_share: float = DEFAULT_SHARE) -> None:
         self.name = name
         self.policy = policy
         self.encoder = encoder
@@ -200,6 +228,9 @@ class ServedPolicy:
                 f"model_list {sorted(backends)} (map them with routing.model_map)"
             )
         self.online = bool(getattr(policy, "online", False))
+        #: bounded exploration of policies that give a posterior mean and a bonus apart
+        self.gate = (ExplorationGate(exploration_share)
+                     if self.online and hasattr(policy, "estimates") else None)
         self.lock = threading.RLock()
         self.inline = getattr(encoder, "backend_name", "") == "hashing"
         #: predictions read shared state over the network (run them in a worker thread)
@@ -241,6 +272,11 @@ class ServedPolicy:
     def predict(self, x: np.ndarray):
         with self.lock:
             return self.policy.predict(x[None, :])
+
+    def estimates(self, x: np.ndarray):
+        """The online policy's bandit estimate (posterior mean, bonus, ...) of one query."""
+        with self.lock:
+            return self.policy.estimates(x[None, :])
 
     def update(self, x: np.ndarray, policy_model: str, reward: float, cost: float) -> None:
         with self.lock:
@@ -324,24 +360,35 @@ class Router:
         """Order the allowed backends by the policy's trade-off, then the fallback list."""
         policy = served.policy
         models = policy.models_
-        est = served.predict(x)
+        bandit = served.estimates(x) if served.gate is not None else None
+        # online: exploit on the posterior mean; the bonus is reported apart
+        est = served.predict(x) if bandit is None else Estimate(bandit.mean, bandit.cost)
         q, c = est.quality[0], est.cost[0]
+        bonus = None if bandit is None else bandit.bonus[0]
         score = q - lam * c
         scores = [
-            Candidate(served.backend_of.get(m, m), m, float(q[i]), float(c[i]), float(score[i]))
+            Candidate(served.backend_of.get(m, m), m, float(q[i]), float(c[i]), float(score[i]),
+                      None if bonus is None else float(bonus[i]))
             for i, m in enumerate(models)
         ]
         mask = np.array([served.backend_of.get(m) in allowed for m in models])
         ordered: list[Candidate] = []
+        explored = None
         if mask.any():
             dec = decision_from_estimate(est, models, lam=lam, budget=budget, allowed=mask)
-            rest = [i for i in np.flatnonzero(mask) if i != dec.index]
+            first = dec.index
+            if bandit is not None:
+                ch = choices(q, bonus, c, lam, budget, mask)
+                explored = served.gate.decide(ch.differs)
+                if explored:
+                    first = ch.optimistic
+            rest = [i for i in np.flatnonzero(mask) if i != first]
             if budget is None:
                 rest.sort(key=lambda i: (-score[i], c[i]))
             else:
                 rest.sort(key=lambda i: (c[i] > budget, -q[i] if c[i] <= budget else c[i]))
             seen: set[str] = set()
-            for i in [dec.index, *rest]:
+            for i in [first, *rest]:
                 cand = scores[i]
                 if cand.backend not in seen:
                     seen.add(cand.backend)
@@ -351,7 +398,12 @@ class Router:
             if name in allowed and name not in present:
                 ordered.append(Candidate(name))
                 present.add(name)
-        return RoutePlan(served.name, lam, budget, ordered, x, scores)
+        plan = RoutePlan(served.name, lam, budget, ordered, x, scores)
+        if bandit is not None:
+            plan.explored = bool(explored)
+            plan.familiarity = float(bandit.familiarity[0])
+            plan.fallback = float(bandit.fallback[0])
+        return plan
 
 
 def price_policy(backends: dict[str, Any], est_prompt_tokens: int, est_output_tokens: int,

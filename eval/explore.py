@@ -1,0 +1,206 @@
+"""Choosing the exploration share of online policies on a replay of the TRAIN split.
+
+The train split is cut (seeded) into a fitting part and a stream part (``stream_fraction``);
+LinUCB's prior is fitted on the fitting part and the stream part is replayed query by query
+with bandit feedback, deciding exactly as the gateway does (:mod:`router.exploration`):
+exploit on the posterior means, explore (means + bonus) only when the optimistic choice
+differs and the :class:`~router.exploration.ExplorationGate` of that share allows it. Each
+share is compared with the *frozen prior* (the same fitted policy, never updated, always
+exploiting) at several ``lam`` values, averaged over seeds (each seed: another cut and
+order). The recommended share is the largest of the grid whose mean quality drop against
+the frozen prior stays within ``tolerance`` at every lam. The test split is never read.
+
+``router eval --explore`` calls :func:`run_explore` with the evaluation's train split and
+embeddings; direct use: ``run_explore(train=ds, X_train=X)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from policies.linucb import LinUCBPolicy
+from router.dataset import RoutingDataset
+from router.exploration import EXPLORE_TOLERANCE, ExplorationGate, check_share, choices
+from router.state.bandit_store import EmbeddedBanditStore
+
+SHARES = (0.0, 0.02, 0.05, 0.1, 0.2)
+SEEDS = (0, 1, 2)
+LAM_POINTS = 3  # lam grid: 0 plus this many log-spaced values over the cost range
+#: share of the fitting part's (query, model) cells the prior sees: 1.0 = full information
+#: (every arm's bonus is then about equal and exploring rarely differs from exploiting);
+#: 0.1 = a prior from sparse logs, where the bonus differs between arms and exploring binds
+OBSERVED = (1.0, 0.1)
+
+
+class ExploreEvalError(ValueError):
+    """A bad exploration replay request."""
+
+
+def _fresh(base: LinUCBPolicy) -> LinUCBPolicy:
+    """A copy of a fitted policy with its own in-memory bandit state (the prior)."""
+    policy = copy.copy(base)
+    return policy.attach_store(EmbeddedBanditStore())
+
+
+def replay_share(policy: LinUCBPolicy, X: np.ndarray, quality: np.ndarray, cost: np.ndarray,
+                 lam: float, share: float, learn: bool = True) -> dict[str, float]:
+    """Stream X through ``policy`` deciding as the gateway does; bandit feedback."""
+    gate = ExplorationGate(share)
+    T = len(X)
+    reward = np.zeros(T)
+    spent = np.zeros(T)
+    for t in range(T):
+        est = policy.estimates(X[t:t + 1])
+        ch = choices(est.mean[0], est.bonus[0], est.cost[0], lam)
+        a = ch.optimistic if gate.decide(ch.differs) else ch.exploit
+        reward[t], spent[t] = quality[t, a], cost[t, a]
+        if learn:
+            policy.update(X[t], a, reward[t], spent[t])
+    return {"quality": float(reward.mean()), "cost_per_1k": float(1000 * spent.mean()),
+            "explored": gate.realised}
+
+
+def run_explore(
+    ctx: Any = None, *, train: RoutingDataset | None = None, X_train: np.ndarray | None = None,
+    shares: Sequence[float] = SHARES, seeds: Sequence[int] = SEEDS,
+    lams: Sequence[float] | None = None, tolerance: float = EXPLORE_TOLERANCE,
+    stream_fraction: float = 0.3, params: dict[str, Any] | None = None,
+    observed: Sequence[float] = OBSERVED, progress: bool | None = None,
+) -> dict[str, Any]:
+    """Replay shares x lams x seeds on the train split; a JSON-able result with the choice."""
+    from policies._anchor import lam_grid
+
+    train = train if train is not None else getattr(ctx, "train", None)
+    X_train = X_train if X_train is not None else getattr(ctx, "X_train", None)
+    if train is None or X_train is None:
+        raise ExploreEvalError("the exploration replay needs the train split and its embeddings")
+    X_train = np.asarray(X_train, np.float32)
+    if X_train.shape[0] != len(train):
+        raise ExploreEvalError("train embeddings do not match the train split's size")
+    if not 0 < stream_fraction < 1:
+        raise ExploreEvalError(f"stream_fraction must be in (0, 1), got {stream_fraction}")
+    shares = sorted({check_share(s) for s in shares} | {0.0})
+    if not seeds:
+        raise ExploreEvalError("give at least one seed")
+    observed = [float(f) for f in observed]
+    if not observed or any(not 0 < f <= 1 for f in observed):
+        raise ExploreEvalError(f"observed fractions must be in (0, 1], got {observed}")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ExploreEvalError(f"tolerance must be a number >= 0, got {tolerance}")
+    n_stream = int(round(stream_fraction * len(train)))
+    if n_stream < 10 or len(train) - n_stream < 10:
+        raise ExploreEvalError(f"{len(train)} train rows are too few to cut into fit and stream")
+    if params is None:
+        from eval.online import DEFAULT_PARAMS
+
+        params = dict(DEFAULT_PARAMS)
+    q_all, c_all = train.eval_matrices()
+    lams = [float(v) for v in (lam_grid(c_all, LAM_POINTS) if lams is None else lams)]
+    progress = (not getattr(getattr(ctx, "args", None), "quiet", True)) if progress is None \
+        else progress
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(observed) * len(seeds) * len(lams) * (len(shares) + 1),
+                   desc="explore replay", leave=False)
+    conditions = {}
+    for frac in observed:
+        # runs[lam][label] -> list over seeds; label "frozen" or the share
+        runs: dict[float, dict[str, list[dict[str, float]]]] = {
+            lam: {k: [] for k in ["frozen", *map(str, shares)]} for lam in lams}
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            order = rng.permutation(len(train))
+            fit_idx, stream = order[n_stream:], order[:n_stream]
+            base = _prior(train.subset(fit_idx), X_train[fit_idx], params, frac, rng)
+            Xs, qs, cs = X_train[stream], q_all[stream], c_all[stream]
+            for lam in lams:
+                runs[lam]["frozen"].append(replay_share(_fresh(base), Xs, qs, cs, lam, 0.0,
+                                                        learn=False))
+                if bar is not None:
+                    bar.update(1)
+                for share in shares:
+                    runs[lam][str(share)].append(
+                        replay_share(_fresh(base), Xs, qs, cs, lam, share))
+                    if bar is not None:
+                        bar.update(1)
+        conditions[str(frac)] = _table(runs, lams, shares)
+    if bar is not None:
+        bar.close()
+    return _summarise(conditions, lams, shares, tolerance, len(seeds), n_stream, params)
+
+
+def _prior(part: RoutingDataset, X: np.ndarray, params: dict[str, Any], frac: float,
+           rng: np.random.Generator) -> LinUCBPolicy:
+    """LinUCB fitted on ``part`` with only ``frac`` of its (query, model) cells observed."""
+    policy = LinUCBPolicy(**params)
+    if frac >= 1:
+        return policy.fit_dataset(part, X)
+    quality = np.array(part.quality, dtype=np.float64)
+    hide = rng.random(quality.shape) >= frac
+    hide[np.arange(len(quality)), rng.integers(0, quality.shape[1], len(quality))] = False
+    quality[hide] = np.nan  # every row keeps at least one observed model
+    _, cost = part.eval_matrices()
+    return policy.fit(X, quality, cost, part.models, part.tasks)
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def _table(runs, lams, shares) -> list[dict[str, Any]]:
+    table = []
+    for lam in lams:
+        frozen = runs[lam]["frozen"]
+        fq, fc = _mean(frozen, "quality"), _mean(frozen, "cost_per_1k")
+        row = {"lam": lam, "frozen": {"quality": fq, "cost_per_1k": fc}, "shares": {}}
+        for share in shares:
+            rs = runs[lam][str(share)]
+            drops = [f["quality"] - r["quality"] for f, r in zip(frozen, rs, strict=True)]
+            row["shares"][str(share)] = {
+                "quality": _mean(rs, "quality"), "cost_per_1k": _mean(rs, "cost_per_1k"),
+                "explored": _mean(rs, "explored"), "drop": float(np.mean(drops)),
+                "drop_worst_seed": float(np.max(drops)),
+            }
+        table.append(row)
+    return table
+
+
+def _summarise(conditions, lams, shares, tolerance, n_seeds, n_stream, params
+               ) -> dict[str, Any]:
+    rows = [r for table in conditions.values() for r in table]
+    ok = [s for s in shares if all(r["shares"][str(s)]["drop"] <= tolerance for r in rows)]
+    chosen = max(ok) if ok else 0.0
+    return {"config": {"shares": list(shares), "lams": list(lams), "seeds": n_seeds,
+                       "stream_queries": n_stream, "tolerance": tolerance, "params": params,
+                       "observed": [float(k) for k in conditions],
+                       "split": "train (fit / stream cut of the train split; test unread)"},
+            "conditions": conditions, "recommended_share": chosen,
+            "worst_drop_at_recommended": max(r["shares"][str(chosen)]["drop"] for r in rows)}
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """Plain-text table of :func:`run_explore`'s result."""
+    cfg = result["config"]
+    lines = [f"exploration replay on train ({cfg['stream_queries']} streamed queries x "
+             f"{cfg['seeds']} seeds; drop = frozen prior - share, mean over seeds)"]
+    for frac, table in result["conditions"].items():
+        lines.append(f" prior sees {float(frac):.0%} of the fitting cells")
+        for row in table:
+            f = row["frozen"]
+            lines.append(f"  lam {row['lam']:<10.4g} frozen prior {f['quality']:.4f} "
+                         f"${f['cost_per_1k']:.3f}/1k")
+            for share, r in row["shares"].items():
+                lines.append(f"    share {float(share):<5.2f} quality {r['quality']:.4f} "
+                             f"(drop {r['drop']:+.4f}, worst seed {r['drop_worst_seed']:+.4f}) "
+                             f"${r['cost_per_1k']:.3f}/1k explored {r['explored']:.3f}")
+    lines.append(f"  recommended share {result['recommended_share']:g} (largest with drop <= "
+                 f"{cfg['tolerance']:g} at every lam; worst drop "
+                 f"{result['worst_drop_at_recommended']:+.4f})")
+    return lines
