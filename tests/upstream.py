@@ -446,8 +446,11 @@ def own_answer(model: str, text: str) -> str:
     import re
 
     level = _own_level(text)
-    i = int(re.search(r"(\d+):", text).group(1))
+    head = re.search(r"(\d+):", text)
     m = re.search(r"(\d+)\D+(\d+)(?:\D+(\d+))?", text.split(":", 1)[-1])
+    if head is None or m is None:  # not one of the scripted questions
+        return "I do not know."
+    i = int(head.group(1))
     a, b = int(m.group(1)), int(m.group(2))
     c = int(m.group(3) or 0)
     truth = (a + b, a * b + c, (a * b + c) // 2)[level]
