@@ -107,3 +107,30 @@ def test_aof_restart_and_outages(upstream, artifact, tmp_path, redis_factory,  #
     # (key spend made during the outage by the killed replica was held in its memory only)
     b.stop()
 
+
+
+def test_spend_of_a_replica_killed_during_an_outage_reaches_redis_once(
+        upstream, artifact, tmp_path, redis_factory, replica_factory):  # noqa: F811
+    """Spend on a key while Redis is down, SIGKILL, Redis back, restart: charged exactly once."""
+    server = redis_factory(aof=True).start()
+    rep = replica_factory(config(upstream, artifact, server.url, tmp_path / "state",
+                                 budget=5.0), "outage").start()
+    text = MATH.format(7)
+    before = [float(route(rep.base, text).headers["x-router-cost"]) for _ in range(2)]
+    server.stop()
+    during = [float(route(rep.base, text).headers["x-router-cost"]) for _ in range(3)]
+    assert sum(during) > 0
+    rep.kill()  # SIGKILL: the outage's spend lives only in the replica's journal now
+    server.start()
+    rc = redis_py.Redis.from_url(server.url)
+
+    def spent() -> float:
+        return float(rc.hget(f"costroute:key:{KEY_HASH}", "spent") or 0.0)
+
+    assert spent() == pytest.approx(sum(before), rel=1e-9)
+    rep.start()  # the restarted replica pushes its journal, with no request needed
+    want = sum(before) + sum(during)
+    wait_for(lambda: spent() >= want * (1 - 1e-9), timeout=15)
+    time.sleep(2.5)  # later housekeeping rounds must not push it again
+    assert spent() == pytest.approx(want, rel=1e-9)
+    rep.stop()
