@@ -224,6 +224,7 @@ class CascadeExecutor:
         rec["cascade"] = info_cascade
         rec["auto_rewards"] = self._auto_rewards(call.text, labels, calls)
         rec["model"] = chosen.backend
+        gw.metrics.key_spend.labels(rec.get("key_name", "")).inc(total)
         body = dict(comp.body)
         info = {"model": chosen.backend, "request_id": rec["request_id"], "cost": total,
                 "policy": served.name, "lam": rec["lam"], "budget": rec["budget"],

@@ -38,6 +38,9 @@ class Metrics:
                                  ["policy", "model"], registry=r)
         self.spend = Counter("costroute_spend_usd", "Cost of answered calls in USD", ["model"],
                              registry=r)
+        self.key_spend = Counter("costroute_key_spend_usd",
+                                 "Cost of answered requests in USD by API key name", ["key"],
+                                 registry=r)
         self.tokens = Counter("costroute_tokens", "Tokens of answered calls",
                               ["model", "type"], registry=r)
         self.errors = Counter("costroute_errors", "Failed calls and refused requests",

@@ -58,6 +58,7 @@ async def parse_chat(gw: Gateway, request: Request, rec: dict[str, Any]) -> Chat
     cfg = gw.cfg
     key = gw.keys.authenticate(request.headers)
     rec["key_id"] = key.id
+    rec["key_name"] = key.name
     await gw.keys.check_rate(key)
     raw = await read_body(request, cfg.routing.max_body_bytes)
     try:

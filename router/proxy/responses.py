@@ -46,6 +46,7 @@ class Responder:
         gw = self.gw
         m = gw.metrics
         m.spend.labels(backend).inc(cost)
+        m.key_spend.labels(rec.get("key_name", "")).inc(cost)
         m.tokens.labels(backend, "prompt").inc(prompt_tokens)
         m.tokens.labels(backend, "completion").inc(completion_tokens)
         rec.update(status="ok", http_status=200, cost=cost, prompt_tokens=prompt_tokens,
