@@ -31,10 +31,12 @@ from router.state.bandit_store import EmbeddedBanditStore
 SHARES = (0.0, 0.02, 0.05, 0.1, 0.2)
 SEEDS = (0, 1, 2)
 LAM_POINTS = 3  # lam grid: 0 plus this many log-spaced values over the cost range
-#: share of the fitting part's (query, model) cells the prior sees: 1.0 = full information
-#: (every arm's bonus is then about equal and exploring rarely differs from exploiting);
-#: 0.1 = a prior from sparse logs, where the bonus differs between arms and exploring binds
-OBSERVED = (1.0, 0.1)
+#: replay conditions: (label, share of the fitting part's (query, model) cells the prior
+#: sees, LinUCB parameter overrides). With full information every arm's bonus is about equal
+#: and exploring rarely differs from exploiting; a prior from sparse logs (10% of the cells)
+#: gives arms different bonuses, and a wide bonus (alpha 1) makes exploring bind
+CONDITIONS: tuple[tuple[str, float, dict[str, Any]], ...] = (
+    ("full", 1.0, {}), ("sparse", 0.1, {}), ("sparse, alpha 1", 0.1, {"alpha": 1.0}))
 
 
 class ExploreEvalError(ValueError):
@@ -70,7 +72,8 @@ def run_explore(
     shares: Sequence[float] = SHARES, seeds: Sequence[int] = SEEDS,
     lams: Sequence[float] | None = None, tolerance: float = EXPLORE_TOLERANCE,
     stream_fraction: float = 0.3, params: dict[str, Any] | None = None,
-    observed: Sequence[float] = OBSERVED, progress: bool | None = None,
+    conditions: Sequence[tuple[str, float, dict[str, Any]]] = CONDITIONS,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Replay shares x lams x seeds on the train split; a JSON-able result with the choice."""
     from policies._anchor import lam_grid
@@ -87,9 +90,10 @@ def run_explore(
     shares = sorted({check_share(s) for s in shares} | {0.0})
     if not seeds:
         raise ExploreEvalError("give at least one seed")
-    observed = [float(f) for f in observed]
-    if not observed or any(not 0 < f <= 1 for f in observed):
-        raise ExploreEvalError(f"observed fractions must be in (0, 1], got {observed}")
+    conditions = [(str(label), float(frac), dict(over)) for label, frac, over in conditions]
+    if not conditions or any(not 0 < frac <= 1 for _, frac, _ in conditions):
+        raise ExploreEvalError("conditions need observed fractions in (0, 1], got "
+                               f"{[c[1] for c in conditions]}")
     if not math.isfinite(tolerance) or tolerance < 0:
         raise ExploreEvalError(f"tolerance must be a number >= 0, got {tolerance}")
     n_stream = int(round(stream_fraction * len(train)))
@@ -100,17 +104,19 @@ def run_explore(
 
         params = dict(DEFAULT_PARAMS)
     q_all, c_all = train.eval_matrices()
-    lams = [float(v) for v in (lam_grid(c_all, LAM_POINTS) if lams is None else lams)]
+    # lam_grid's last point is where the cheapest model outweighs any quality gap: nothing
+    # is explored there, so it is left out
+    lams = [float(v) for v in (lam_grid(c_all, LAM_POINTS)[:-1] if lams is None else lams)]
     progress = (not getattr(getattr(ctx, "args", None), "quiet", True)) if progress is None \
         else progress
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(observed) * len(seeds) * len(lams) * (len(shares) + 1),
+        bar = tqdm(total=len(conditions) * len(seeds) * len(lams) * (len(shares) + 1),
                    desc="explore replay", leave=False)
-    conditions = {}
-    for frac in observed:
+    tables = {}
+    for label, frac, overrides in conditions:
         # runs[lam][label] -> list over seeds; label "frozen" or the share
         runs: dict[float, dict[str, list[dict[str, float]]]] = {
             lam: {k: [] for k in ["frozen", *map(str, shares)]} for lam in lams}
@@ -118,7 +124,8 @@ def run_explore(
             rng = np.random.default_rng(seed)
             order = rng.permutation(len(train))
             fit_idx, stream = order[n_stream:], order[:n_stream]
-            base = _prior(train.subset(fit_idx), X_train[fit_idx], params, frac, rng)
+            base = _prior(train.subset(fit_idx), X_train[fit_idx], {**params, **overrides},
+                          frac, rng)
             Xs, qs, cs = X_train[stream], q_all[stream], c_all[stream]
             for lam in lams:
                 runs[lam]["frozen"].append(replay_share(_fresh(base), Xs, qs, cs, lam, 0.0,
@@ -130,10 +137,10 @@ def run_explore(
                         replay_share(_fresh(base), Xs, qs, cs, lam, share))
                     if bar is not None:
                         bar.update(1)
-        conditions[str(frac)] = _table(runs, lams, shares)
+        tables[label] = _table(runs, lams, shares)
     if bar is not None:
         bar.close()
-    return _summarise(conditions, lams, shares, tolerance, len(seeds), n_stream, params)
+    return _summarise(tables, conditions, lams, shares, tolerance, len(seeds), n_stream, params)
 
 
 def _prior(part: RoutingDataset, X: np.ndarray, params: dict[str, Any], frac: float,
@@ -172,16 +179,17 @@ def _table(runs, lams, shares) -> list[dict[str, Any]]:
     return table
 
 
-def _summarise(conditions, lams, shares, tolerance, n_seeds, n_stream, params
+def _summarise(tables, conditions, lams, shares, tolerance, n_seeds, n_stream, params
                ) -> dict[str, Any]:
-    rows = [r for table in conditions.values() for r in table]
+    rows = [r for table in tables.values() for r in table]
     ok = [s for s in shares if all(r["shares"][str(s)]["drop"] <= tolerance for r in rows)]
     chosen = max(ok) if ok else 0.0
     return {"config": {"shares": list(shares), "lams": list(lams), "seeds": n_seeds,
                        "stream_queries": n_stream, "tolerance": tolerance, "params": params,
-                       "observed": [float(k) for k in conditions],
+                       "conditions": [{"label": label, "observed": frac, "params": over}
+                                      for label, frac, over in conditions],
                        "split": "train (fit / stream cut of the train split; test unread)"},
-            "conditions": conditions, "recommended_share": chosen,
+            "conditions": tables, "recommended_share": chosen,
             "worst_drop_at_recommended": max(r["shares"][str(chosen)]["drop"] for r in rows)}
 
 
@@ -190,8 +198,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     cfg = result["config"]
     lines = [f"exploration replay on train ({cfg['stream_queries']} streamed queries x "
              f"{cfg['seeds']} seeds; drop = frozen prior - share, mean over seeds)"]
-    for frac, table in result["conditions"].items():
-        lines.append(f" prior sees {float(frac):.0%} of the fitting cells")
+    for cond in cfg["conditions"]:
+        table = result["conditions"][cond["label"]]
+        lines.append(f" {cond['label']}: the prior sees {cond['observed']:.0%} of the fitting "
+                     f"cells{', ' + str(cond['params']) if cond['params'] else ''}")
         for row in table:
             f = row["frozen"]
             lines.append(f"  lam {row['lam']:<10.4g} frozen prior {f['quality']:.4f} "

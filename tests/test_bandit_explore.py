@@ -190,15 +190,16 @@ def test_run_explore_picks_a_share_of_the_grid_on_train_only():
     ds = RoutingDataset(prompts=[f"p{i}" for i in range(len(X))], models=MODELS,
                         quality=quality, cost=cost, tasks=tasks, name="line")
     r = run_explore(train=ds, X_train=X, shares=(0.0, 0.1), seeds=(0,), lams=[0.0],
-                    observed=(1.0, 0.3), params={"alpha": 1.0, "reg": 1.0}, progress=False)
+                    conditions=(("full", 1.0, {}), ("sparse", 0.3, {"alpha": 2.0})),
+                    params={"alpha": 1.0, "reg": 1.0}, progress=False)
     assert r["recommended_share"] in (0.0, 0.1)
-    assert set(r["conditions"]) == {"1.0", "0.3"}
+    assert set(r["conditions"]) == {"full", "sparse"}
     for table in r["conditions"].values():
         row = table[0]
         assert row["shares"]["0.1"]["explored"] <= 0.1
         assert row["shares"]["0.0"]["explored"] == 0
     with pytest.raises(ExploreEvalError, match="observed"):
-        run_explore(train=ds, X_train=X, observed=(0.0,), progress=False)
+        run_explore(train=ds, X_train=X, conditions=(("none", 0.0, {}),), progress=False)
     with pytest.raises(ExplorationError):
         run_explore(train=ds, X_train=X, shares=(2.0,), progress=False)
     with pytest.raises(ExploreEvalError, match="size"):
