@@ -70,6 +70,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also replay the online (bandit) policies over the test stream (eval.online)",
     )
     parser.add_argument(
+        "--explore", action="store_true",
+        help="also replay exploration shares of the online policy on the TRAIN split (a fit / "
+        "stream cut of train; the test split is not read) and recommend the largest share "
+        "whose quality drop against the frozen prior stays within 0.005 (eval/explore.py)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, metavar="N",
         help="native threads (BLAS, OpenMP, torch) while training, sweeping and scoring; "
         "0 leaves the libraries' defaults (default 1: the policies' work is small, and "
@@ -181,6 +187,16 @@ def _run(args: argparse.Namespace) -> int:
         except getattr(online, "OnlineEvalError", ()) as exc:
             raise CLIError(f"--online: {exc}") from None
         for line in getattr(online, "summary_lines", lambda _r: [])(results["online"]):
+            print(line)
+
+    if getattr(args, "explore", False):  # exploration shares on a train replay (eval/explore.py)
+        from eval import explore
+
+        try:
+            results["explore"] = explore.run_explore(ctx)
+        except explore.ExploreEvalError as exc:
+            raise CLIError(f"--explore: {exc}") from None
+        for line in explore.summary_lines(results["explore"]):
             print(line)
 
     _write_outputs(ctx, results)

@@ -80,8 +80,13 @@ def run_explore(
 
     train = train if train is not None else getattr(ctx, "train", None)
     X_train = X_train if X_train is not None else getattr(ctx, "X_train", None)
-    if train is None or X_train is None:
-        raise ExploreEvalError("the exploration replay needs the train split and its embeddings")
+    if train is None:
+        raise ExploreEvalError("the exploration replay needs the train split")
+    if X_train is None:  # e.g. `router eval --explore` with embedding-free policies only
+        from router.encoder import Encoder, embed_dataset
+
+        encoder = getattr(ctx, "encoder", None) or Encoder()
+        X_train = embed_dataset(train, encoder, progress=False)
     X_train = np.asarray(X_train, np.float32)
     if X_train.shape[0] != len(train):
         raise ExploreEvalError("train embeddings do not match the train split's size")
