@@ -55,6 +55,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", metavar="MODEL", help="sentence-transformers model")
     parser.add_argument("--text-view", metavar="VIEW", help="prompt view for the encoder")
     parser.add_argument(
+        "--encoder-backend", metavar="B",
+        help="encoder runtime for the trained policies: torch, onnx, onnx-int8 or static "
+        "(the encoder distilled into a static model); default as `router train`",
+    )
+    parser.add_argument(
         "--cache-dir", metavar="DIR", help="embedding cache directory (encoder default)"
     )
     parser.add_argument(
@@ -315,7 +320,15 @@ def _embed(ctx: EvalContext, specs, artifact_policies) -> None:
             f"these policies read embeddings, but the encoder is unavailable: {exc}"
         ) from None
     args = ctx.args
-    kwargs: dict[str, Any] = {}
+    from router.encoder_select import TRAIN_BACKENDS, TRAIN_DEFAULT
+
+    backend = getattr(args, "encoder_backend", None) or TRAIN_DEFAULT
+    if backend not in TRAIN_BACKENDS:
+        from router.cli import CLIError
+
+        raise CLIError(f"--encoder-backend {backend!r}: expected one of "
+                       + ", ".join(TRAIN_BACKENDS))
+    kwargs: dict[str, Any] = {"backend": backend}
     if args.encoder:
         kwargs["model_name"] = args.encoder
     if args.text_view:

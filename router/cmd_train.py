@@ -36,6 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "hashing[:DIM] for the model-free hashing encoder (tests, demos)")
     parser.add_argument("--text-view", default=None, metavar="V",
                         help="part of the prompt to embed: full, head:N, tail:N, question[:N]")
+    parser.add_argument("--encoder-backend", default=None, metavar="B",
+                        help="encoder runtime the artifact is trained (and served) with: "
+                        "torch, onnx, onnx-int8, or static (the encoder distilled into a "
+                        "static model, sub-millisecond routing); default: "
+                        "router.encoder_select.TRAIN_DEFAULT")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="policy parameter (JSON value or string); repeatable")
     parser.add_argument("--seed", type=int, default=0,
@@ -113,7 +118,13 @@ def _encoder(args: argparse.Namespace):
             raise CLIError(f"--encoder {args.encoder}: expected hashing[:DIM] with DIM >= 2")
         return load_encoder(hashing_encoder_config(int(dim)), use_cache=False)
 
-    kwargs: dict[str, Any] = {}
+    from router.encoder_select import TRAIN_BACKENDS, TRAIN_DEFAULT
+
+    backend = getattr(args, "encoder_backend", None) or TRAIN_DEFAULT
+    if backend not in TRAIN_BACKENDS:
+        raise CLIError(f"--encoder-backend {backend!r}: expected one of "
+                       + ", ".join(TRAIN_BACKENDS))
+    kwargs: dict[str, Any] = {"backend": backend}
     if args.encoder:
         kwargs["model_name"] = args.encoder
     if args.text_view:

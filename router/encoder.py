@@ -92,6 +92,7 @@ BACKENDS: dict[str, str | BackendFactory] = {
     "torch": "router.encoder:TorchBackend",
     "onnx": "router.fast_encoder:OnnxBackend",
     "onnx-int8": "router.fast_encoder:OnnxInt8Backend",
+    "static": "router.static_encoder:StaticBackend",
 }
 
 
@@ -164,30 +165,49 @@ class TorchBackend:
             raise EncoderError(
                 f"cannot load sentence-transformers model from {model_path}: {exc}"
             ) from exc
-        if fp16:
-            model.half()
-        if max_seq_length is not None:
-            model.max_seq_length = int(max_seq_length)
+        try:
+            if fp16:
+                model.half()
+            if max_seq_length is not None:
+                model.max_seq_length = int(max_seq_length)
+            self.max_seq_length = _finite_length(model.max_seq_length)
+            get_dim = getattr(model, "get_embedding_dimension", None)
+            if get_dim is None:  # sentence-transformers < 5
+                get_dim = model.get_sentence_embedding_dimension
+            dim = get_dim()
+        except Exception as exc:  # a module without a length limit setter, fp16, dimension
+            raise EncoderError(
+                f"sentence-transformers model at {model_path} cannot be set up "
+                f"(max_seq_length={max_seq_length}, fp16={fp16}): {exc}") from exc
         self.model = model
         self.device = device
-        self.max_seq_length = int(model.max_seq_length)
-        get_dim = getattr(model, "get_embedding_dimension", None)
-        if get_dim is None:  # sentence-transformers < 5
-            get_dim = model.get_sentence_embedding_dimension
-        dim = get_dim()
+        self.model_path = str(model_path)
         if not dim:
             raise EncoderError(f"model at {model_path} does not report an embedding dimension")
         self.dim = int(dim)
 
     def encode_batch(self, texts: list[str]) -> np.ndarray:
-        out = self.model.encode(
-            list(texts),
-            batch_size=max(1, len(texts)),
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        try:
+            out = self.model.encode(
+                list(texts),
+                batch_size=max(1, len(texts)),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        except Exception as exc:
+            raise EncoderError(f"sentence-transformers model at {self.model_path} failed to "
+                               f"encode {len(texts)} texts: {type(exc).__name__}: {exc}") from exc
         return np.asarray(out, dtype=np.float32)
+
+
+def _finite_length(value: Any) -> int | None:
+    """A model's token limit as an int; None when it has none (StaticEmbedding: inf)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(value) if value == value and abs(value) != float("inf") else None
 
 
 @contextlib.contextmanager
@@ -422,10 +442,12 @@ class Encoder:
 
     @property
     def model_signature(self) -> str | None:
-        """:func:`model_signature` of the loaded model's directory (None before loading)."""
+        """:func:`model_signature` of the loaded model's directory (None before loading),
+        or the backend's own ``signature`` when it has one (a distilled static model)."""
         if self._model_path is None or not self._model_path.is_dir():
             return None
-        return model_signature(self._model_path)
+        own = getattr(self._backend, "signature", None)
+        return own if isinstance(own, str) else model_signature(self._model_path)
 
     # -- encoding ---------------------------------------------------------------------
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:

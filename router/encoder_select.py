@@ -13,7 +13,10 @@ another; any other backend (e.g. ``hashing``) computes different vectors and is 
   torch up to float rounding), and ``torch`` if neither loads (no onnxruntime, export
   failed). With CUDA: torch in fp16 on the GPU, or ONNX on the CUDA provider.
 * ``artifact``: exactly the recorded backend;
-* ``torch`` / ``onnx`` / ``onnx-int8``: that runtime, no fallback.
+* ``torch`` / ``onnx`` / ``onnx-int8``: that runtime, no fallback;
+* ``static`` (:mod:`router.static_encoder`): a static model distilled from the recorded
+  one; different vectors, so only for artifacts trained with it (``router train
+  --encoder-backend static``), which ``auto`` serves with it too.
 
 The chosen backend is loaded at once (the ONNX export, cached on disk, happens here at
 start, not on the first request), and checked against the artifact: same dimension,
@@ -30,7 +33,11 @@ from router.encoder import DEFAULT_MODEL, Encoder, EncoderError, cuda_present, r
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("auto", "artifact", "torch", "onnx", "onnx-int8")
+CHOICES = ("auto", "artifact", "torch", "onnx", "onnx-int8", "static")
+#: backends an artifact can be trained with (``router train --encoder-backend``)
+TRAIN_BACKENDS = ("torch", "onnx", "onnx-int8", "static")
+#: what ``router train`` / ``router eval`` embed with when no backend is named
+TRAIN_DEFAULT = "torch"
 #: runtimes of one sentence-transformers model (interchangeable vectors)
 SAME_MODEL_BACKENDS = frozenset({"torch", "onnx", "onnx-int8"})
 ONNX_BACKENDS = frozenset({"onnx", "onnx-int8"})
@@ -63,6 +70,11 @@ def backend_plan(model_key: str, trained: str, choice: str = "auto",
     if choice not in CHOICES:
         raise EncoderError(f"unknown encoder backend choice {choice!r}; "
                            f"expected one of {', '.join(CHOICES)}")
+    if trained in SAME_MODEL_BACKENDS and choice == "static":
+        raise EncoderMismatchError(
+            f"the artifact was trained with the {trained!r} encoder backend; 'static' (a "
+            "distilled static model) computes different vectors: retrain it with "
+            "`router train --encoder-backend static`, or serve it with 'auto'")
     if trained not in SAME_MODEL_BACKENDS:
         if choice not in ("auto", "artifact", trained):
             raise EncoderMismatchError(

@@ -119,7 +119,7 @@ def _export(model_dir: Path, out_dir: Path) -> None:
     except ImportError as exc:  # pragma: no cover - both are dependencies
         raise EncoderError(f"exporting to ONNX needs torch and sentence-transformers: {exc}") from exc
 
-    from router.encoder import _quiet_transformers
+    from router.encoder import _finite_length, _quiet_transformers
 
     with _quiet_transformers():
         try:
@@ -191,7 +191,7 @@ def _export(model_dir: Path, out_dir: Path) -> None:
             "opset": OPSET,
             "inputs": names,
             "dim": dim,
-            "max_seq_length": int(st.max_seq_length or max_pos or 512),
+            "max_seq_length": _finite_length(st.max_seq_length) or max_pos or 512,
             "max_position_embeddings": max_pos,
             "pad_id": int(hf_tok.pad_token_id or 0),
             "pad_token": str(hf_tok.pad_token or "[PAD]"),

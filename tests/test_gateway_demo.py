@@ -33,7 +33,8 @@ def test_build_demo_serves_the_dataset(demo_data, tmp_path):
     from router.proxy.replay import build_demo
 
     demo = build_demo(tmp_path / "state", policy_name="linucb", latency_ms=1,
-                      dataset=str(demo_data), encoder="hashing")
+                      dataset=str(demo_data), encoder="hashing", feedback_delay_s=1.0)
+    assert demo["config"].replay.auto_feedback_delay_seconds == 1.0
     split = load_split(str(demo_data))
     assert demo["default_policy"] == "linucb"
     assert [m.model_name for m in demo["config"].model_list] == split.train.models
@@ -54,8 +55,13 @@ def test_build_demo_serves_the_dataset(demo_data, tmp_path):
             if np.isfinite(test.cost[i, j]):
                 assert router["cost"] == pytest.approx(test.cost[i, j], rel=1e-6)
             graded += "grade" in router["replay"]
+            if i == 0:  # the README's feedback example: the client's reward is taken
+                fb = httpx.post(gw.base + "/feedback", json={
+                    "request_id": comp.model_extra["router"]["request_id"], "reward": 1.0})
+                assert fb.status_code == 200, fb.text
+                graded += "grade" not in router["replay"]
         assert graded >= 9
-        # the replay grades reached the bandit as feedback
+        # the replay grades (and the client's reward in place of one) reached the bandit
         store = gw.gateway.router.policies["linucb"].policy.store
         deadline = time.monotonic() + 10
         while store.version() < graded and time.monotonic() < deadline:

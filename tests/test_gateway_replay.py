@@ -38,7 +38,7 @@ def make_dataset() -> RoutingDataset:
 
 
 def serve(tmp_path, encoder, X: np.ndarray, ds: RoutingDataset, lam: float,
-          from_artifact: bool = True) -> GatewayServer:
+          from_artifact: bool = True, **replay: object) -> GatewayServer:
     policy = make_policy("knn", k=3, alpha=0.5, temperature=0.1)
     policy.fit(X, ds.quality, ds.cost, ds.models, tasks=ds.tasks)
     art = policy.save(tmp_path / "artifact", meta={"encoder": encoder.config()})
@@ -47,7 +47,7 @@ def serve(tmp_path, encoder, X: np.ndarray, ds: RoutingDataset, lam: float,
                        for m in ds.models],
         "routing": {"artifact": str(art), "lam": lam},
         "state": {"dir": str(tmp_path / "state")},
-        "replay": {"dataset": "toy (in memory)", "min_similarity": 0.5},
+        "replay": {"dataset": "toy (in memory)", "min_similarity": 0.5, **replay},
     })
     provider = ReplayProvider(ds, latency_ms=5, min_similarity=0.5, embeddings=X)
     # the real encoder is loaded once: hand the fitted policy and encoder over directly
@@ -150,5 +150,36 @@ def test_real_encoder_routes_and_matches_paraphrases(tmp_path, toy):
         served = gw.gateway.router.policies["knn"]
         x = gw.gateway.router.embed(served, "Compute the sum of 10 and 9.")
         assert np.allclose(x, enc.encode_one("Compute the sum of 10 and 9."), atol=1e-5)
+    finally:
+        gw.stop()
+
+
+def _feedback_events(gw: GatewayServer, rid: str) -> list[dict]:
+    gw.gateway.outcomes.flush()
+    return [x for x in gw.gateway.outcome_store.events()
+            if x.get("event") == "feedback" and x.get("request_id") == rid]
+
+
+def test_client_feedback_within_the_delay_wins_over_the_replay_grade(tmp_path, toy):
+    # `router serve --demo` waits before grading, so the README's POST /v1/feedback
+    # example answers 200 (it answered 409 duplicate_feedback when the grade went first)
+    enc = load_encoder(hashing_encoder_config(64), use_cache=False)
+    gw = serve(tmp_path, enc, enc.encode(toy.prompts), toy, lam=100.0,
+               auto_feedback_delay_seconds=1.0)
+    try:
+        first = chat(gw, toy.prompts[1], model="small")  # graded 0.0 by the dataset
+        mine = first.headers["x-router-request-id"]
+        fb = httpx.post(gw.base + "/feedback", json={"request_id": mine, "reward": 1.0})
+        assert fb.status_code == 200 and fb.json()["reward"] == 1.0
+        other = chat(gw, toy.prompts[3], model="small").headers["x-router-request-id"]
+        deadline = time.monotonic() + 10
+        while not _feedback_events(gw, other) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # no client feedback for `other`: the replay graded it after the delay
+        assert [(e["source"], e["reward"]) for e in _feedback_events(gw, other)] == [
+            ("replay", 0.0)]
+        # the client's reward stayed the only one for `mine` (the grade was not sent)
+        assert [(e["source"], e["reward"]) for e in _feedback_events(gw, mine)] == [
+            ("api", 1.0)]
     finally:
         gw.stop()

@@ -265,6 +265,9 @@ class ReplayConfig(_Strict):
     dataset: str | None = None
     latency_ms: float = Field(default=0.0, ge=0)
     auto_feedback: bool = True
+    #: the replay's own grade is sent this long after the answer, unless the client's
+    #: ``POST /v1/feedback`` for that request came first (which then counts instead)
+    auto_feedback_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
     #: below this cosine similarity an unknown prompt gets a canned answer
     min_similarity: float = Field(default=0.3, ge=-1, le=1)
 

@@ -4,7 +4,8 @@ A backend written ``model: replay/<dataset model>`` answers a prompt with that m
 recorded response (RouterBench's ``<model>|model_response``), at its recorded cost
 (``<model>|total_cost``) after ``replay.latency_ms``, and grades the answer with the
 dataset's correctness; the gateway sends that grade as feedback (source ``replay``) so an
-online policy learns from it. Prompts are matched by the sha256 of the user message; an
+online policy learns from it, ``replay.auto_feedback_delay_seconds`` after the answer
+(60 s in ``--demo``) unless the client's own ``POST /v1/feedback`` came first. Prompts are matched by the sha256 of the user message; an
 unknown prompt gets the answer recorded for the *nearest* dataset prompt (cosine similarity
 of embeddings, when an encoder is available and the similarity reaches
 ``replay.min_similarity``), else a canned answer -- the response says which
@@ -222,6 +223,25 @@ class ReplayBackend(Backend):
 # ---- the demo -----------------------------------------------------------------------
 
 
+#: ``router serve --demo``: how long a replayed answer waits for the client's own feedback
+DEMO_FEEDBACK_DELAY_S = 60.0
+
+
+async def grade_later(gw: Any, request_id: str, grade: float, delay: float) -> bool:
+    """Send the replay's grade as feedback (source ``replay``) after ``delay`` seconds,
+    unless feedback for the request was given meanwhile; True when the grade was sent."""
+    from router.proxy.schemas import APIError
+
+    if delay > 0:
+        await asyncio.sleep(delay)
+    try:
+        await gw.feedback(request_id, grade, source="replay")
+    except APIError as exc:  # 409: the client's feedback came first; 404: context expired
+        log.debug("replay grade for %s not sent: %s", request_id, exc)
+        return False
+    return True
+
+
 def default_demo_dataset() -> Path | None:
     base = Path(os.environ.get("COSTROUTE_SHARED", Path.cwd().parent / "shared" / "datasets"))
     path = base / "routerbench-subset"
@@ -230,8 +250,12 @@ def default_demo_dataset() -> Path | None:
 
 def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None,
                latency_ms: float = 50.0, dataset: str | None = None, lam: float = 0.0,
-               encoder: str = "minilm", encoder_backend: str = "auto") -> dict[str, Any]:
+               encoder: str = "minilm", encoder_backend: str = "auto",
+               feedback_delay_s: float = DEMO_FEEDBACK_DELAY_S) -> dict[str, Any]:
     """Config + policy + replay provider of ``router serve --demo`` (trains if needed).
+
+    ``feedback_delay_s``: how long each replayed answer's grade waits for the client's own
+    ``POST /v1/feedback`` (which then counts instead of the grade).
 
     ``encoder``: ``minilm`` (all-MiniLM-L6-v2, the default) or ``hashing`` (no model,
     instant start, no semantic matching).
@@ -299,7 +323,8 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
                        for m in train.models],
         "routing": {"lam": lam, "max_fallback_tries": 2},
         "state": {"dir": str(state_dir)},
-        "replay": {"dataset": source, "latency_ms": latency_ms},
+        "replay": {"dataset": source, "latency_ms": latency_ms,
+                   "auto_feedback_delay_seconds": feedback_delay_s},
     }, source="demo")
     from router.proxy.routing import load_encoder
 

@@ -61,7 +61,10 @@ class Responder:
         gw.outcomes.submit(rec)
         grade = extra.get("grade")
         if grade is not None and gw.cfg.replay.auto_feedback:
-            gw._spawn(gw.feedback(rec["request_id"], float(grade), source="replay"))
+            from router.proxy.replay import grade_later
+
+            gw._spawn(grade_later(gw, rec["request_id"], float(grade),
+                                  gw.cfg.replay.auto_feedback_delay_seconds))
 
     def timing(self, rec: dict[str, Any], t0: float, upstream_s: float, backend: str) -> None:
         """Latency fields of the record and the latency metrics (non-streaming answers)."""
