@@ -18,9 +18,7 @@ learns that from the train split (its plans then escalate or skip agreement alto
 from __future__ import annotations
 
 import ast
-import io
 import re
-import tokenize
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -157,25 +155,26 @@ def extract_code(text: str) -> str:
     return "\n".join(blocks) if blocks else text
 
 
+_CODE_TOKEN = re.compile(
+    r"""[rbuf]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'\'\'[\s\S]*?'\'\'|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')"""
+    r"|#[^\n]*|\n|[A-Za-z_]\w*|\d+(?:\.\d+)?|\S", re.IGNORECASE)
+_SKIP_LINE = frozenset({"print", "assert", "import", "from"})
+
+
 def normalise_code(code: str) -> str | None:
-    """Code without comments, docstrings, blank lines, print/assert/test lines and with
-    one spacing: equal strings mean the same program text up to layout."""
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        tokens = None
-    if tokens is None:
-        out = normalise_text(code)
-        return out or None
-    lines: dict[int, list[str]] = {}
-    for tok in tokens:
-        if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
-                        tokenize.DEDENT, tokenize.ENDMARKER):
-            continue
-        lines.setdefault(tok.start[0], []).append(tok.string)
-    kept = [" ".join(parts) for parts in lines.values()
-            if parts and parts[0] not in ("print", "assert", "import", "from")
-            and not (len(parts) == 1 and parts[0].startswith(('"""', "'''")))]
+    """Code without comments, docstrings, blank lines, print/assert/import lines and with
+    one spacing: equal strings mean the same program text up to layout. A regular
+    expression tokeniser (strings, comments, names, numbers, symbols), fast and tolerant of
+    the truncated code responses often hold."""
+    lines: list[list[str]] = [[]]
+    for tok in _CODE_TOKEN.findall(code):
+        if tok == "\n":
+            lines.append([])
+        elif not tok.startswith("#"):
+            lines[-1].append(tok)
+    kept = [" ".join(parts) for parts in lines
+            if parts and parts[0] not in _SKIP_LINE
+            and not (len(parts) == 1 and parts[0].lstrip("rbufRBUF")[:3] in ('"""', "'''"))]
     out = "\n".join(kept).strip()
     return out or None
 

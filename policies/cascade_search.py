@@ -26,7 +26,7 @@ from policies._priors import kfold
 LEVELS = (1, 2, 3)
 GRID_POINTS = 160
 #: agreement thresholds searched for code and free text (answers.similarity)
-THRESHOLDS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3)
+THRESHOLDS = (1.0, 0.7, 0.5, 0.35)
 
 
 @dataclass
@@ -159,6 +159,7 @@ def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
     for f, idx in enumerate(folds):
         onehot[idx, f] = 1.0
     rows = np.arange(n)
+    q_live = np.where(t.alive, t.quality, 0.0)
     stages, levels, qs, cs = [], [], [], []
     for prefix in _prefixes(m, max_first):
         done = np.zeros(n, dtype=bool)
@@ -173,17 +174,17 @@ def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
             rep = np.where(accept, r, rep)
             done |= accept
         q_done = np.where(rep >= 0, t.quality[rows, np.maximum(rep, 0)], 0.0)
-        if gathered:
+        finals = [e for e in range(m) if e not in gathered]
+        # fold sums: accepted rows keep the prefix's answer, the others the final model's
+        # (or, where the final model failed, the vote over the answers gathered)
+        q_fin = q_live
+        if gathered and not t.alive[:, finals].all():
             _, rep_a = vote(t, gathered, rank, True, threshold)
             q_fall = np.where(rep_a >= 0, t.quality[rows, np.maximum(rep_a, 0)], 0.0)
-        else:
-            q_fall = np.zeros(n)
-        finals = [e for e in range(m) if e not in gathered]
-        q_e = np.where(done[:, None], q_done[:, None],
-                       np.where(t.alive[:, finals], t.quality[:, finals], q_fall[:, None]))
-        c_e = cost[:, None] + np.where(done[:, None], 0.0, t.cost[:, finals])
-        qs.append(onehot.T @ q_e)
-        cs.append(onehot.T @ c_e)
+            q_fin = q_live + np.where(t.alive, 0.0, q_fall[:, None])
+        open_rows = onehot * ~done[:, None]  # (n, K)
+        qs.append((onehot.T @ (q_done * done))[:, None] + (open_rows.T @ q_fin)[:, finals])
+        cs.append((onehot.T @ cost)[:, None] + (open_rows.T @ t.cost)[:, finals])
         lvl = _level(prefix)
         for e in finals:
             stages.append(prefix + (((e,), 1),))
