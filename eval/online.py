@@ -38,7 +38,6 @@ from router.budget import (
     EmbeddedLedger,
     OnlineKnapsack,
     auto_bins,
-    efficiency_bounds,
 )
 from router.dataset import RoutingDataset
 
@@ -72,23 +71,40 @@ class Replay:
     seconds: float
 
 
+def decision_values(policy: LinUCBPolicy, X: np.ndarray, explore: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """What the knapsack ranks for queries X: (n, m) quality values and (n, m) costs.
+
+    The posterior mean clipped to [0, 1] (as serving reports it), plus the optimism bonus
+    ``alpha * width`` when ``explore``; the policy's running mean costs.
+    """
+    if hasattr(policy, "estimates"):  # serving's estimates (mean backed off, bonus apart)
+        est = policy.estimates(X)
+        value = est.mean + (est.bonus if explore else 0.0)
+        return value, est.cost
+    mean, width, cost = policy.predict_parts(X)
+    value = np.clip(mean, 0.0, 1.0) + (float(policy.alpha) * width if explore else 0.0)
+    return value, np.broadcast_to(cost, value.shape)
+
+
 def replay(
     policy: LinUCBPolicy, X: np.ndarray, quality: np.ndarray, cost: np.ndarray,
     knapsack: OnlineKnapsack, learn: bool = True, progress: Any = None,
+    allowed: np.ndarray | None = None,
 ) -> Replay:
-    """Stream X (in the given order) through ``policy`` and ``knapsack``; bandit feedback."""
+    """Stream X (in the given order) through ``policy`` and ``knapsack``; bandit feedback.
+
+    ``allowed`` (T, m) marks the models available at each step (drift scenarios)."""
     T = len(X)
     chosen = np.full(T, -1, dtype=np.int64)
     reward = np.zeros(T)
     spent = np.zeros(T)
     t0 = time.perf_counter()
     for t in range(T):
-        mean, width, est_cost = policy.predict_parts(X[t:t + 1])
-        # the unclipped UCB (see LinUCBPolicy.ucb): clipped values tie at 1 and ties go to
-        # the cheapest arm, which stops exploration of dearer arms
-        value = np.maximum(mean[0] + float(policy.alpha) * width[0], 0.0)
+        value, est_cost = decision_values(policy, X[t:t + 1])
         try:
-            d = knapsack.decide(value, est_cost, policy.reserve_cost(), now=float(t))
+            d = knapsack.decide(value[0], est_cost[0], policy.reserve_cost(), now=float(t),
+                                allowed=None if allowed is None else allowed[t])
         except BudgetExhausted:
             if progress is not None:
                 progress.update(1)
@@ -213,6 +229,7 @@ def run_online(
     seed: int | None = None,
     variants: Sequence[str] = tuple(VARIANTS),
     compare: bool = True,
+    learners: dict[str, Any] | None = None,
     out: str | Path | None = None,
     plots: bool | None = None,
     progress: bool | None = None,
@@ -222,6 +239,9 @@ def run_online(
     ``ctx`` is an ``eval.cli.EvalContext`` (train/test, embeddings, encoder, args.seed,
     args.quiet, args.no_plots, out); keyword arguments override it. ``budgets`` are
     fractions of the always-``reference`` test spend; ``params`` are LinUCB parameters.
+    ``learners`` adds variants: ``{name: make(policy, order) -> policy}`` wraps each
+    budget's freshly fitted prior (``order``: test rows in stream order), learning online
+    through its ``update`` (eval.online_auto: automatic cascade rewards).
     """
     say = getattr(ctx, "say", None) or (lambda msg: None)
     args = getattr(ctx, "args", None)
@@ -265,14 +285,13 @@ def run_online(
     Xs, qs, cs = X_test[order], q_test[order], c_test[order]
     T = len(order)
     ref_spend = float(cs[:, ref_idx].sum())
-    L, U = efficiency_bounds(train.quality, c_train)
     col_q = qs.mean(axis=0)
     best_fixed = int(np.argmax(col_q))
     result: dict[str, Any] = {
         "config": {
             "policy": "linucb", "params": params, "seed": seed, "queries": T,
             "reference_model": models[ref_idx], "reference_spend_usd": ref_spend,
-            "reference_quality": float(col_q[ref_idx]), "efficiency_bounds": [L, U],
+            "reference_quality": float(col_q[ref_idx]),
             "variants": list(variants),
         },
         "oracle": {"quality": float(qs.max(axis=1).mean()),
@@ -309,12 +328,18 @@ def run_online(
             entry["best_fixed_affordable"] = {
                 "model": models[j], "quality": float(col_q[j]),
                 "cost_per_1k": float(1000 * cs[:, j].mean())}
-        for name in variants:
-            overrides, learn = VARIANTS[name]
+        for name in [*variants, *(learners or {})]:
+            overrides, learn = VARIANTS.get(name, ({}, True))
             policy = LinUCBPolicy(**{**params, **overrides}).fit(
                 X_train, train.quality, train.cost, models, train.tasks)
+            if learners and name in learners:
+                policy = learners[name](policy, order)
+            # the price of a dollar comes from the policy's own estimates: on the train
+            # prompts for a policy with a prior, on the recent stream for a cold start
+            sample = (decision_values(policy, X_train)
+                      if getattr(policy, "prior_weight", 1.0) > 0 else None)
             knapsack = OnlineKnapsack(EmbeddedLedger(), BudgetSpec(B, horizon=T, n_bins=bins),
-                                      L=L, U=U)
+                                      price_sample=sample)
             rep = replay(policy, Xs, qs, cs, knapsack, learn=learn, progress=bar)
             entry["runs"][name] = _summary(rep, qs, B, models, fixed)
         spend = entry["runs"][variants[0]]["cost_usd"] if variants else B

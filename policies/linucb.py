@@ -27,7 +27,13 @@ import numpy as np
 from policies._fallback import blend
 from policies._priors import fill_cost
 from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
-from router.state.bandit_store import BanditState, BanditStore, EmbeddedBanditStore
+from router.state.bandit_store import (
+    BanditState,
+    BanditStore,
+    BanditStoreError,
+    EmbeddedBanditStore,
+    Forgetting,
+)
 
 PROJECTIONS = ("pca", "random")
 
@@ -64,6 +70,12 @@ class LinUCBPolicy(Policy):
     full embedding dimension), ``projection`` ("pca" or "random"), ``seed``, ``fallback``
     (blend the exploiting estimate toward each model's train mean far from the training
     prompts, strength fitted on train: :mod:`policies._fallback`; False = never).
+    Forgetting, folded in by the store on every update (:class:`Forgetting`): ``discount``
+    (per-update decay of the pulled arm's statistics, 1 = none), ``drift_threshold`` /
+    ``drift_slack`` (CUSUM change detection on an arm's quality error, 0 = off),
+    ``drift_shrink`` (what a detected change multiplies the arm's statistics by),
+    ``cost_threshold`` (the same on log cost). ``cold_weight``: a model without train
+    outcomes starts as an average model with this many pseudo-outcomes per train row.
     """
 
     name = "linucb"
@@ -78,8 +90,20 @@ class LinUCBPolicy(Policy):
         projection: str = "pca",
         seed: int = 0,
         fallback: bool = True,
+        discount: float = 1.0,
+        drift_threshold: float = 0.0,
+        drift_slack: float = 0.1,
+        drift_shrink: float = 0.05,
+        cost_threshold: float = 0.0,
+        cold_weight: float = 0.05,
     ) -> None:
         self.fallback = fallback
+        self.discount = discount
+        self.drift_threshold = drift_threshold
+        self.drift_slack = drift_slack
+        self.drift_shrink = drift_shrink
+        self.cost_threshold = cost_threshold
+        self.cold_weight = cold_weight
         self.alpha = alpha
         self.prior_weight = prior_weight
         self.reg = reg
@@ -105,6 +129,19 @@ class LinUCBPolicy(Policy):
             or self.proj_dim < 1
         ):
             raise PolicyError(f"linucb: proj_dim must be a positive integer or None, got {self.proj_dim!r}")
+        self.forgetting()  # raises on bad forgetting parameters
+        cw = self.cold_weight
+        if isinstance(cw, bool) or not isinstance(cw, int | float) or not 0 <= cw < np.inf:
+            raise PolicyError(f"linucb: cold_weight must be a finite number >= 0, got {cw!r}")
+
+    def forgetting(self) -> Forgetting:
+        """The store-side forgetting of this configuration (:class:`Forgetting`)."""
+        try:
+            return Forgetting(
+                discount=self.discount, threshold=self.drift_threshold, slack=self.drift_slack,
+                shrink=self.drift_shrink, cost_threshold=self.cost_threshold)
+        except BanditStoreError as exc:
+            raise PolicyError(f"linucb: {exc}") from None
 
     def _fit_projection(self, X: np.ndarray) -> None:
         X = X.astype(np.float64)
@@ -146,6 +183,17 @@ class LinUCBPolicy(Policy):
             Za = Z[observed[:, a]]
             A[a] = pw * (Za.T @ Za) + reg * np.eye(k)
             b[a] = pw * (Za.T @ q[observed[:, a], a])
+        cold = ~observed.any(axis=0)
+        if cold.any() and observed.any() and pw > 0 and float(self.cold_weight) > 0:
+            # a model without train outcomes (added to the artifact for online learning)
+            # starts as a weak "average model": cold_weight pseudo-outcomes per train row,
+            # each the row's mean over the observed models
+            rows = observed.any(axis=1)
+            avg = np.nanmean(np.where(observed[rows], quality[rows], np.nan), axis=1)
+            w = pw * float(self.cold_weight)
+            for a in np.flatnonzero(cold):
+                A[a] = w * (Z[rows].T @ Z[rows]) + reg * np.eye(k)
+                b[a] = w * (Z[rows].T @ avg)
         filled = fill_cost(cost)
         cost_mean = filled.mean(axis=0)
         cost_n = np.full(m, max(pw * n, 1.0))
@@ -153,6 +201,7 @@ class LinUCBPolicy(Policy):
             A, b, cost_sum=cost_mean * cost_n, cost_n=cost_n,
             cost_max=np.nan_to_num(np.nanmax(np.where(np.isnan(cost), -np.inf, cost), axis=0),
                                    neginf=0.0, nan=0.0),
+            forgetting=self.forgetting(),
         )
         self._store = EmbeddedBanditStore()
         self._store.initialize(state)

@@ -4,16 +4,26 @@ Decision rule
 -------------
 For each query the router has, per model, an estimated quality ``q``, an estimated cost
 ``c`` and a reservation cost ``r >= c`` (an upper estimate of what the call can cost).
-With ``z`` the fraction of the current budget *bin* already used, the ZCL online-knapsack
-threshold (Zhou, Chakrabarty & Lukose 2008, as used by PILOT) is
+The knapsack prices a dollar at ``psi`` and picks, among the models whose reservation fits
+the remaining budget, the one maximising ``q - psi * c`` (ties to the cheaper). That pick
+is always a vertex of the query's cost-quality hull (the upper concave frontier of its
+estimates): it walks up the hull from the cheapest model while each step's marginal
+quality per dollar (the segment slope) is at least ``psi``, and never buys a dearer model
+whose estimated gain does not pay the price. Spend is a ceiling, not a target: unspent
+budget is fine.
 
-    psi(z) = (U e / L) ** z * (L / e)
+The price follows the fill ``z`` of the current budget bin (PILOT/BaRP-style online
+knapsack, after Zhou, Chakrabarty & Lukose 2008), but its range is derived from the
+estimates' hull slopes instead of a fixed efficiency range::
 
-where ``[L, U]`` bounds the value-per-dollar efficiency ``q / c``. Among the models whose
-reservation fits the remaining budget, the policy picks the best estimated quality whose
-efficiency beats ``psi(z)``; when none does, the most efficient affordable model; when
-nothing is affordable it raises :class:`BudgetExhausted`. Early in a bin ``psi`` is below
-every model's efficiency (buy quality); as the bin fills it rises to ``U`` (buy value).
+    psi(z) = L * (U / L) ** z
+
+``L`` is the *dual price* of the budget rate: the price at which walking the hulls of a
+sample of estimates (train estimates in the replay, recent queries in the gateway) spends,
+on average, exactly the budget per query (:func:`dual_price`); ``U`` bounds the hull
+slopes (:func:`hull_slopes`, a high quantile). An empty bin thus spends at the budget's
+pace, a filling bin only on steeper (surer) gains, a full bin on the cheapest model.
+:func:`zcl_threshold` keeps the classic ZCL ``(U e / L)^z L / e`` for comparison.
 
 Pacing: a horizon (``T`` queries or seconds) is split into ``n_bins`` bins; bin ``k``
 may spend up to ``B (k + 1) / n_bins`` minus what was spent before it, so unspent money
@@ -41,6 +51,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,6 +151,112 @@ def zcl_threshold(z: float, L: float, U: float) -> float:
     return (U * math.e / L) ** z * (L / math.e)
 
 
+def hull_threshold(z: float, L: float, U: float) -> float:
+    """psi(z) = L (U / L)^z for bin fill z in [0, 1]: the dual price L at an empty bin."""
+    z = min(max(float(z), 0.0), 1.0)
+    return L * (U / L) ** z
+
+
+def hull_slopes(quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Slopes (marginal quality per dollar) of every segment of every row's cost-quality
+    hull, for (n, m) estimates (``cost`` may be (m,)); NaN estimates are skipped."""
+    quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
+    cost = np.broadcast_to(np.asarray(cost, dtype=np.float64), quality.shape)
+    out: list[float] = []
+    for q, c in zip(quality, cost, strict=True):
+        ok = np.isfinite(q) & np.isfinite(c)
+        q, c = q[ok], np.maximum(c[ok], 1e-12)
+        if q.size < 2:
+            continue
+        order = np.lexsort((-q, c))
+        i, cur = order[0], []
+        while True:  # from the current vertex, the steepest step up to a dearer model
+            up = (c > c[i]) & (q > q[i])
+            if not up.any():
+                break
+            slope = np.where(up, (q - q[i]) / np.where(up, c - c[i], 1.0), -np.inf)
+            j = int(np.argmax(slope))
+            cur.append(float(slope[j]))
+            i = j
+        out.extend(cur)
+    return np.asarray(out)
+
+
+def dual_price(quality: np.ndarray, cost: np.ndarray, rate: float, iters: int = 50) -> float:
+    """The smallest price of a dollar at which picking ``argmax q - price * c`` on each row
+    of the (n, m) estimates costs at most ``rate`` per row on average (0 when even the
+    best-quality picks fit: the budget does not bind)."""
+    quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
+    cost = np.broadcast_to(np.asarray(cost, dtype=np.float64), quality.shape)
+    rows = np.arange(len(quality))
+
+    def spend(price: float) -> float:
+        score = quality - price * cost
+        best = score.max(axis=1, keepdims=True)
+        tied = score >= best - 1e-12 * np.maximum(1.0, np.abs(best))
+        return float(cost[rows, np.where(tied, cost, np.inf).argmin(axis=1)].mean())
+
+    if len(quality) == 0 or spend(0.0) <= rate:
+        return 0.0
+    slopes = hull_slopes(quality, cost)
+    hi = float(slopes.max()) * 2 if slopes.size else 1.0
+    if spend(hi) > rate:  # not even the cheapest picks fit the rate
+        return hi
+    lo = hi * 1e-9
+    for _ in range(iters):  # bisection on log price
+        mid = math.sqrt(lo * hi)
+        if spend(mid) <= rate:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def price_bounds(quality: np.ndarray, cost: np.ndarray, rate: float,
+                 quantile: float = 0.99) -> tuple[float, float]:
+    """[L, U] for :func:`hull_threshold` from a sample of (n, m) estimates and the budget
+    ``rate`` per query: L the dual price, U the ``quantile`` of the hull slopes."""
+    slopes = hull_slopes(quality, cost)
+    U = float(np.quantile(slopes, quantile)) if slopes.size else 1.0
+    L = dual_price(quality, cost, rate)
+    U = max(U, L * (1 + 1e-9), 1e-12)
+    return max(L, U * 1e-9), U
+
+
+class PriceCurve:
+    """Average spend per query against the price of a dollar on a sample of (n, m)
+    estimates, tabulated on a log grid, so the dual price of any rate is a look-up."""
+
+    def __init__(self, quality: np.ndarray, cost: np.ndarray, points: int = 64,
+                 quantile: float = 0.99) -> None:
+        quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
+        cost = np.broadcast_to(np.asarray(cost, dtype=np.float64), quality.shape)
+        if quality.size == 0 or not (np.isfinite(quality).all() and np.isfinite(cost).all()):
+            raise BudgetError("a price curve needs a non-empty sample of finite estimates")
+        slopes = hull_slopes(quality, cost)
+        top = float(slopes.max()) if slopes.size else 1.0
+        self.U = max(float(np.quantile(slopes, quantile)) if slopes.size else 1.0, 1e-12)
+        self.prices = np.concatenate([[0.0], np.geomspace(top * 1e-7, top * 2, points)])
+        rows = np.arange(len(quality))
+        spends = []
+        for price in self.prices:
+            score = quality - price * cost
+            best = score.max(axis=1, keepdims=True)
+            tied = score >= best - 1e-12 * np.maximum(1.0, np.abs(best))
+            spends.append(cost[rows, np.where(tied, cost, np.inf).argmin(axis=1)].mean())
+        self.spends = np.minimum.accumulate(np.asarray(spends))  # non-increasing in price
+
+    def price(self, rate: float) -> float:
+        """The smallest tabulated price whose spend per query is at most ``rate``."""
+        ok = np.flatnonzero(self.spends <= rate)
+        return float(self.prices[ok[0]]) if ok.size else float(self.prices[-1])
+
+    def bounds(self, rate: float) -> tuple[float, float]:
+        L = self.price(rate)
+        U = max(self.U, L * (1 + 1e-9))
+        return max(L, U * 1e-9), U
+
+
 def efficiency_bounds(quality: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
     """[L, U] from per-model mean quality / mean cost of (n, m) matrices (NaN = missing)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -167,7 +284,9 @@ def knapsack_choice(
     quality: np.ndarray, cost: np.ndarray, reserve: np.ndarray, remaining: float, z: float,
     L: float, U: float, allowed: np.ndarray | None = None, request_cap: float | None = None,
 ) -> Choice:
-    """Pure decision rule (see the module docstring); ties go to the cheaper model."""
+    """Pure decision rule (see the module docstring): among the feasible models, the
+    best ``quality - psi(z) * cost``, a vertex of the estimates' hull; ties go to the
+    cheaper model."""
     quality = np.asarray(quality, dtype=np.float64).reshape(-1)
     cost = np.asarray(cost, dtype=np.float64).reshape(-1)
     reserve = np.asarray(reserve, dtype=np.float64).reshape(-1)
@@ -177,11 +296,10 @@ def knapsack_choice(
     if request_cap is not None:
         feasible &= reserve <= request_cap
     eff = quality / np.maximum(cost, 1e-12)
-    psi = zcl_threshold(z, L, U)
+    psi = hull_threshold(z, L, U)
     if not feasible.any():
         return Choice(None, psi, eff, feasible)
-    passing = feasible & (eff >= psi)
-    score = np.where(passing, quality, -np.inf) if passing.any() else np.where(feasible, eff, -np.inf)
+    score = np.where(feasible, quality - psi * cost, -np.inf)
     best = score.max()
     tied = score >= best - 1e-12 * max(1.0, abs(best))
     return Choice(int(np.where(tied, cost, np.inf).argmin()), psi, eff, feasible)
@@ -604,8 +722,15 @@ class OnlineKnapsack:
     """Budget-aware model choice with reservations (one object per gateway replica).
 
     ``global_budget`` applies to all traffic, ``key_budgets`` maps an API key to its own
-    budget (``default_key_budget`` for keys not listed); ``L``/``U`` bound efficiency
-    (None: taken from each query's estimates).
+    budget (``default_key_budget`` for keys not listed). The price range of
+    :func:`hull_threshold`: fixed ``L``/``U`` if given; else ``L`` is the dual price of the
+    budgets' *remaining* rate (what is left over the queries left in the window, for a
+    query clock; ``amount / horizon`` times the mean gap between recent queries, for a
+    seconds clock; no horizon: no price), looked up on a :class:`PriceCurve` of
+    ``price_sample`` (an (n, m) quality and cost pair, e.g. the policy's train
+    estimates) or, without one, of the last ``window`` queries' estimates (re-tabulated
+    every ``recalibrate`` decisions). The price rises from ``L`` toward ``U`` only as a
+    bin's spend runs ahead of its share of the bin's queries.
     """
 
     def __init__(
@@ -619,6 +744,9 @@ class OnlineKnapsack:
         reservation_ttl: float = 600.0,
         retries: int = 8,
         clock=time.time,
+        window: int = 256,
+        recalibrate: int = 16,
+        price_sample: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.ledger = ledger if ledger is not None else EmbeddedLedger()
         self.global_budget = global_budget
@@ -634,6 +762,13 @@ class OnlineKnapsack:
         self.reservation_ttl = _number(reservation_ttl, "reservation_ttl")
         self.retries = retries
         self.clock = clock
+        self._recent: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=max(window, 1))
+        self._recalibrate = max(int(recalibrate), 1)
+        self._since = 0
+        self._fixed_curve = price_sample is not None
+        self._curve: PriceCurve | None = None if price_sample is None else PriceCurve(
+            *price_sample)
+        self._recent_lock = threading.Lock()
 
     def accounts(self, api_key: str | None = None) -> tuple[tuple[str, BudgetSpec], ...]:
         out = []
@@ -645,14 +780,51 @@ class OnlineKnapsack:
                 out.append((key_account(api_key), spec))
         return tuple(out)
 
-    def _bounds(self, quality: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
+    def _rate(self, accounts: Accounts, views: Sequence[AccountView], times: np.ndarray
+              ) -> float | None:
+        """The tightest per-query budget rate left (None: no account is paced)."""
+        rates = []
+        for (_, spec), v in zip(accounts, views, strict=True):
+            if spec.horizon is None:
+                continue
+            if spec.clock == "queries":  # the current query is counted in v.queries
+                left = spec.horizon * (v.window + 1) - v.queries + 1
+                rates.append(max(v.remaining, 0.0) / max(left, 1.0))
+            elif len(times) > 1:
+                gap = float(times[-1] - times[0]) / (len(times) - 1)
+                rates.append(spec.amount / spec.horizon * gap)
+        return min(rates) if rates else None
+
+    @staticmethod
+    def _ahead(accounts: Accounts, views: Sequence[AccountView]) -> float:
+        """How far spend runs ahead of the bin's elapsed share of queries, in [0, 1]."""
+        out = 0.0
+        for (_, spec), v in zip(accounts, views, strict=True):
+            tau = 0.0
+            if spec.horizon is not None and spec.clock == "queries":
+                p = (v.queries - 1) / spec.horizon - v.window
+                tau = min(max(p * spec.n_bins - v.bin, 0.0), 1.0)
+            out = max(out, (v.z - tau) / (1.0 - tau) if v.z > tau and tau < 1 else 0.0)
+        return min(out, 1.0)
+
+    def _bounds(self, quality: np.ndarray, cost: np.ndarray, accounts: Accounts,
+                views: Sequence[AccountView], now: float) -> tuple[float, float]:
         if self.L is not None:
             return self.L, self.U
-        eff = quality / np.maximum(cost, 1e-12)
-        eff = eff[np.isfinite(eff) & (eff > 0)]
-        if eff.size == 0:
-            return 1.0, 1.0 + 1e-9
-        return float(eff.min()), float(max(eff.max(), eff.min() * (1 + 1e-9)))
+        with self._recent_lock:
+            self._recent.append((quality, cost, now))
+            self._since += 1
+            if not self._fixed_curve and (self._curve is None
+                                          or self._since >= self._recalibrate):
+                self._since = 0
+                self._curve = PriceCurve(np.stack([q for q, _, _ in self._recent]),
+                                         np.stack([c for _, c, _ in self._recent]))
+            curve = self._curve
+            times = np.array([t for _, _, t in self._recent])
+        rate = self._rate(accounts, views, times)
+        if rate is None:
+            return curve.U * 1e-9, curve.U
+        return curve.bounds(rate)
 
     def decide(
         self,
@@ -680,10 +852,10 @@ class OnlineKnapsack:
             raise BudgetError("cost estimates must be >= 0")
         if request_cap is not None:
             request_cap = _number(request_cap, "request budget")
-        L, U = self._bounds(quality, cost)
         now = self.clock() if now is None else now
         accounts = self.accounts(api_key)
         views = self.ledger.begin(accounts, now) if accounts else []
+        L, U = self._bounds(quality, cost, accounts, views, now)
         for _ in range(self.retries):
             # "fits" is the ledger's own check, spent + reserved + amount <= B, with the
             # same float arithmetic, so a fitting pick never fails it for round-off
@@ -692,6 +864,8 @@ class OnlineKnapsack:
                 fits &= v.spent + v.reserved + reserve <= v.amount
             remaining = min((v.remaining for v in views), default=math.inf)
             z = max((v.z for v in views), default=0.0)
+            if self.L is None:  # priced from the estimates: rise only when ahead of pace
+                z = self._ahead(accounts, views)
             ok = fits if allowed is None else fits & np.asarray(allowed, dtype=bool).reshape(-1)
             choice = knapsack_choice(quality, cost, reserve, math.inf, z, L, U, ok, request_cap)
             if choice.index is None:

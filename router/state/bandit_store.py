@@ -22,172 +22,38 @@ that see the same outcomes in the same order hold bit-identical parameters.
   Redis, 1.2 MB per arm at d=385) and over WATCH/MULTI (megabytes read and written per
   update, retries under contention): an outcome is ~3 KB, the fold runs in numpy, and
   replicas are bit-identical to an embedded store fed the same stream.
+
+Forgetting (for drift) is part of the fold, so every store, the replay (eval/online.py)
+and the gateway forget alike. :class:`Forgetting` sets it: ``discount`` multiplies the
+pulled arm's statistics before each outcome (``A <- g A + z z^T``, ``b <- g b + r z``; the
+same for its running cost); a two-sided CUSUM on the arm's prediction error (reward minus
+clipped posterior mean, and log of cost over mean cost) flags a change once it passes
+``threshold`` (``cost_threshold``) with ``slack`` per step, and then shrinks that arm's
+statistics by ``shrink`` so the outcomes after the change outweigh the prior; a quality
+change first shifts the arm's intercept (the last feature must be the constant 1) by the
+arm's recent mean error, since a backend that changes usually changes on every query.
+Defaults forget nothing; old snapshots without these arrays load with the defaults.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import struct
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-
-class BanditStoreError(RuntimeError):
-    """A store that is unreachable, corrupt, or holds another artifact's bandit."""
-
-
-_ARRAYS = ("A_inv", "b", "counts", "spend", "reward", "cost_max", "prior_cost_sum", "prior_cost_n")
-
-
-@dataclass
-class BanditState:
-    """Per-arm LinUCB parameters.
-
-    ``A_inv`` (m, d, d) and ``b`` (m, d) are the ridge statistics (prior included);
-    ``counts``/``spend``/``reward`` count online outcomes only; ``prior_cost_sum`` and
-    ``prior_cost_n`` hold the (weighted) training costs so the running mean cost is
-    ``(prior_cost_sum + spend) / (prior_cost_n + counts)``; ``cost_max`` is the largest
-    cost seen per arm (an upper estimate for budget reservations).
-    """
-
-    A_inv: np.ndarray
-    b: np.ndarray
-    counts: np.ndarray
-    spend: np.ndarray
-    reward: np.ndarray
-    cost_max: np.ndarray
-    prior_cost_sum: np.ndarray
-    prior_cost_n: np.ndarray
-    version: int = 0
-    fingerprint: str = ""
-    _theta: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _stale: set[int] = field(default_factory=set, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.A_inv = np.ascontiguousarray(self.A_inv, dtype=np.float64)
-        self.b = np.ascontiguousarray(self.b, dtype=np.float64)
-        self.counts = np.asarray(self.counts, dtype=np.int64).copy()
-        for name in ("spend", "reward", "cost_max", "prior_cost_sum", "prior_cost_n"):
-            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).copy())
-        m, d = self.b.shape
-        if self.A_inv.shape != (m, d, d):
-            raise BanditStoreError(f"A_inv has shape {self.A_inv.shape}, expected {(m, d, d)}")
-        for name in _ARRAYS[2:]:
-            if getattr(self, name).shape != (m,):
-                raise BanditStoreError(f"{name} must have one entry per arm ({m})")
-
-    @property
-    def n_arms(self) -> int:
-        return self.b.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.b.shape[1]
-
-    @classmethod
-    def from_ridge(
-        cls, A: np.ndarray, b: np.ndarray, cost_sum: np.ndarray, cost_n: np.ndarray,
-        cost_max: np.ndarray,
-    ) -> BanditState:
-        """A fresh state from ridge statistics A (m, d, d) and b (m, d)."""
-        m = b.shape[0]
-        state = cls(
-            A_inv=np.linalg.inv(A), b=b, counts=np.zeros(m, np.int64), spend=np.zeros(m),
-            reward=np.zeros(m), cost_max=cost_max, prior_cost_sum=cost_sum, prior_cost_n=cost_n,
-        )
-        # symmetrise away inversion round-off so every later step starts from a clean matrix
-        state.A_inv = np.ascontiguousarray((state.A_inv + state.A_inv.transpose(0, 2, 1)) / 2)
-        state.fingerprint = state.digest()
-        return state
-
-    def digest(self) -> str:
-        """A short hash of the parameters (identifies the prior a store was seeded with)."""
-        h = hashlib.sha256()
-        for name in _ARRAYS:
-            h.update(np.ascontiguousarray(getattr(self, name)).tobytes())
-        return h.hexdigest()[:16]
-
-    # ---- learning -------------------------------------------------------------------------
-    def apply(self, arm: int, z: np.ndarray, reward: float, cost: float) -> None:
-        """Fold one outcome: Sherman-Morrison update of A^-1 (O(d^2)) and b."""
-        z = np.asarray(z, dtype=np.float64)
-        Ainv = self.A_inv[arm]
-        u = Ainv @ z
-        denom = 1.0 + float(z @ u)
-        Ainv -= np.outer(u, u / denom)
-        self.b[arm] += reward * z
-        self.counts[arm] += 1
-        self.spend[arm] += cost
-        self.reward[arm] += reward
-        if cost > self.cost_max[arm]:
-            self.cost_max[arm] = cost
-        self.version += 1
-        self._stale.add(arm)
-
-    def theta(self) -> np.ndarray:
-        """Ridge coefficients (m, d), recomputed only for arms updated since last call."""
-        if self._theta is None:
-            self._theta = np.einsum("aij,aj->ai", self.A_inv, self.b)
-            self._stale.clear()
-        for arm in self._stale:
-            self._theta[arm] = self.A_inv[arm] @ self.b[arm]
-        self._stale.clear()
-        return self._theta
-
-    def mean_cost(self) -> np.ndarray:
-        n = self.prior_cost_n + self.counts
-        total = self.prior_cost_sum + self.spend
-        return np.divide(total, n, out=np.zeros_like(total), where=n > 0)
-
-    # ---- (de)serialisation ----------------------------------------------------------------
-    def copy(self) -> BanditState:
-        return BanditState(
-            **{k: getattr(self, k).copy() for k in _ARRAYS},
-            version=self.version, fingerprint=self.fingerprint,
-        )
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        out = {k: getattr(self, k) for k in _ARRAYS}
-        out["version"] = np.asarray(self.version, dtype=np.int64)
-        out["fingerprint"] = np.asarray(self.fingerprint)
-        return out
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BanditState:
-        missing = [k for k in (*_ARRAYS, "version", "fingerprint") if k not in arrays]
-        if missing:
-            raise BanditStoreError(f"bandit state lacks arrays {missing}")
-        return cls(
-            **{k: np.array(arrays[k]) for k in _ARRAYS},
-            version=int(arrays["version"]), fingerprint=str(arrays["fingerprint"]),
-        )
-
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, **self.to_arrays())
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> BanditState:
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                return cls.from_arrays({k: npz[k] for k in npz.files})
-        except (OSError, ValueError) as exc:
-            raise BanditStoreError(f"unreadable bandit snapshot ({exc})") from exc
-
-    def same_params(self, other: BanditState) -> bool:
-        """Bit-identical learned parameters and version."""
-        return self.version == other.version and all(
-            np.array_equal(getattr(self, k), getattr(other, k)) for k in _ARRAYS
-        )
+from router.state.bandit_state import (  # noqa: F401 (re-exported)
+    _ARRAYS,
+    _OPTIONAL,
+    BanditState,
+    BanditStoreError,
+    Forgetting,
+)
 
 
 class BanditStore:
