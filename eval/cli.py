@@ -75,6 +75,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also replay the online (bandit) policies over the test stream (eval.online)",
     )
     parser.add_argument(
+        "--auto-rewards", action="store_true",
+        help="with --online: also replay a bandit that learns from cascade agreement labels "
+        "alone, no feedback (eval/online_auto.py; needs recorded responses)",
+    )
+    parser.add_argument(
         "--explore", action="store_true",
         help="also replay exploration shares of the online policy on the TRAIN split (a fit / "
         "stream cut of train; the test split is not read) and recommend the largest share "
@@ -134,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
     if not 0 < args.test_fraction < 1:
         raise CLIError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    if getattr(args, "auto_rewards", False) and not args.online:
+        raise CLIError("--auto-rewards replays the online bandit: give --online too")
     for art in args.artifact:
         if not Path(art).is_dir():
             raise CLIError(f"--artifact {art}: no such directory")
@@ -193,6 +200,15 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"--online: {exc}") from None
         for line in getattr(online, "summary_lines", lambda _r: [])(results["online"]):
             print(line)
+        if getattr(args, "auto_rewards", False):
+            from eval import online_auto
+
+            try:
+                results["online_auto"] = online_auto.run_online_auto(ctx)
+            except online_auto.AutoRewardError as exc:
+                raise CLIError(f"--auto-rewards: {exc}") from None
+            for line in online_auto.summary_lines(results["online_auto"]):
+                print(line)
 
     if getattr(args, "explore", False):  # exploration shares on a train replay (eval/explore.py)
         from eval import explore
