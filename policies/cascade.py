@@ -37,6 +37,7 @@ from policies._priors import TaskTable, fill_cost
 from policies.base import Estimate, Policy, PolicyError, TrainData, check_budget, check_lam
 
 ALL_KINDS = "*"  # plans learned on every train prompt, for kinds the train split lacks
+ALL_SINGLE = "*1"  # single-model plans learned likewise, for unseen code and free text
 
 
 @dataclass(frozen=True)
@@ -265,12 +266,20 @@ class CascadePolicy(Policy):
     # ---- planning -----------------------------------------------------------------------
     @property
     def kinds_(self) -> list[str]:
-        return [k for k in self.plans_ if k != ALL_KINDS]
+        return [k for k in self.plans_ if k not in (ALL_KINDS, ALL_SINGLE)]
 
     def choices(self, kind: str) -> list[PlanChoice]:
-        """The learned plans for ``kind`` (the all-kinds plans when it was not seen)."""
+        """The learned plans for ``kind``. A kind the train split lacks gets the plans
+        learned on all train prompts: any plan for kinds whose answers agree exactly
+        (numbers, yes/no, letters), single models for code and free text, where how
+        much agreement means was never learned."""
         self._check_fitted()
-        return self.plans_.get(kind) or self.plans_[ALL_KINDS]
+        found = self.plans_.get(kind)
+        if found:
+            return found
+        if kind in A.GRADED_KINDS and self.plans_.get(ALL_SINGLE):
+            return self.plans_[ALL_SINGLE]
+        return self.plans_[ALL_KINDS]
 
     def plan(self, text: str, x: np.ndarray | None = None, lam: float = 0.0,
              budget: float | None = None) -> CascadePlan:

@@ -209,13 +209,15 @@ def lam_grid(cost: np.ndarray, points: int = GRID_POINTS) -> np.ndarray:
     return np.concatenate(([0.0], np.geomspace(1e-2 / means.max(), 1e2 / means.min(), points)))
 
 
-def select(cand: Candidates, sizes: np.ndarray, lams: np.ndarray) -> tuple[np.ndarray, dict]:
+def select(cand: Candidates, sizes: np.ndarray, lams: np.ndarray,
+           level: int | None = None) -> tuple[np.ndarray, dict]:
     """Chosen candidate per lam, plus the cross-validated utility of each plan family.
 
     For each lam and family level L, fold f's plan is the best of level <= L on the other
     folds, scored on f. The level with the best held-out utility summed over the lam grid
     (ties: the smaller family) is then searched on all train rows at every lam: one family
     per answer kind, so the plans do not flip between families from one lam to the next.
+    ``level`` forces the family instead.
     """
     q_all, c_all = cand.q_fold.sum(axis=1), cand.c_fold.sum(axis=1)
     n = sizes.sum()
@@ -228,7 +230,8 @@ def select(cand: Candidates, sizes: np.ndarray, lams: np.ndarray) -> tuple[np.nd
             best = rest.argmax(axis=0)
             cv[i, li] = u_fold[best, np.arange(u_fold.shape[1])].sum() / n
     total = cv.sum(axis=0)
-    level = LEVELS[int(np.flatnonzero(total >= total.max() - 1e-9)[0])]
+    if level is None:
+        level = LEVELS[int(np.flatnonzero(total >= total.max() - 1e-9)[0])]
     chosen = np.empty(len(lams), dtype=np.int64)
     for i, lam in enumerate(lams):
         u = np.where(cand.level <= level, q_all - lam * c_all, -np.inf)
@@ -242,13 +245,14 @@ def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]]
                  quality: np.ndarray, cost: np.ndarray, models: Sequence[str], *,
                  folds: int = 5, max_first: int = 3, seed: int = 0
                  ) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Learned plans per inferred kind (plus ``"*"`` over all rows) and search figures."""
-    from policies.cascade import ALL_KINDS, CascadePlan, PlanChoice
+    """Learned plans per inferred kind, plus ``"*"`` (every family) and ``"*1"`` (single
+    models) over all rows for kinds the train split lacks, and the search figures."""
+    from policies.cascade import ALL_KINDS, ALL_SINGLE
 
     table = Table.build(kinds, responses, quality, cost)
     kinds_arr = np.asarray(kinds)
     lams = lam_grid(cost)
-    plans: dict[str, list[PlanChoice]] = {}
+    plans: dict[str, list[Any]] = {}
     info: dict[str, Any] = {"lams": lams.tolist(), "kinds": {}}
     groups = {k: np.flatnonzero(kinds_arr == k) for k in sorted(set(kinds))}
     groups[ALL_KINDS] = np.arange(len(kinds))
@@ -265,21 +269,33 @@ def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]]
                                  for tau in (THRESHOLDS if graded else (1.0,))])
         sizes = np.array([len(p) for p in parts])
         chosen, sel = select(cand, sizes, lams)
-        plan_kind = kind if kind in A.KINDS else "text"
         prefer_names = tuple(models[j] for j in prefer)
-        out: list[PlanChoice] = []
-        for lam, p in zip(lams, chosen, strict=True):
-            stages = _named(cand.stages[p], models)
-            used = {x for s in stages for x in s.models}
-            plan = CascadePlan(plan_kind, stages, tuple(m for m in prefer_names if m in used),
-                               float(cand.threshold[p]) if _agrees(stages) else 1.0)
-            if out and out[-1].plan == plan:
-                continue
-            out.append(PlanChoice(plan, float(lam), float(cand.q_fold[p].sum() / len(idx)),
-                                  float(cand.c_fold[p].sum() / len(idx))))
-        plans[kind] = out
+        plans[kind] = _choices(cand, chosen, lams, kind, prefer_names, models, len(idx))
         info["kinds"][kind] = {"rows": int(len(idx)), "candidates": len(cand.stages), **sel}
+        if kind == ALL_KINDS:  # unseen code / free text: agreement was never learned
+            single, _ = select(cand, sizes, lams, level=1)
+            plans[ALL_SINGLE] = _choices(cand, single, lams, kind, prefer_names, models,
+                                         len(idx))
     return plans, info
+
+
+def _choices(cand: Candidates, chosen: np.ndarray, lams: np.ndarray, kind: str,
+             prefer_names: tuple[str, ...], models: Sequence[str], n: int) -> list[Any]:
+    """PlanChoice per distinct chosen plan, in lam order."""
+    from policies.cascade import CascadePlan, PlanChoice
+
+    plan_kind = kind if kind in A.KINDS else "text"
+    out: list[PlanChoice] = []
+    for lam, p in zip(lams, chosen, strict=True):
+        stages = _named(cand.stages[p], models)
+        used = {x for s in stages for x in s.models}
+        plan = CascadePlan(plan_kind, stages, tuple(m for m in prefer_names if m in used),
+                           float(cand.threshold[p]) if _agrees(stages) else 1.0)
+        if out and out[-1].plan == plan:
+            continue
+        out.append(PlanChoice(plan, float(lam), float(cand.q_fold[p].sum() / n),
+                              float(cand.c_fold[p].sum() / n)))
+    return out
 
 
 def _named(stages, models: Sequence[str]):

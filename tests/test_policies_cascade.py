@@ -315,3 +315,13 @@ def test_router_eval_skips_cascades_without_responses(jsonl_dirs, tmp_path, caps
     rc = main(["eval", "--data", str(jsonl_dirs[1]), "--out", str(tmp_path / "o2"),
                "--policies", "cascade", "--quiet", "--no-plots"])
     assert rc != 0 and "no policy could be evaluated" in capsys.readouterr().err
+
+
+def test_unseen_kinds_fall_back_to_all_prompt_plans(fitted: CascadePolicy) -> None:
+    """A yes/no prompt (no such train rows) gets the all-prompts plans, extracting yes/no;
+    free text gets single-model plans only (what its agreement means was never learned)."""
+    plan = fitted.plan("Is the sky blue? Answer yes or no.", lam=30.0)
+    assert plan.kind == "yesno"
+    for lam in (0.0, 30.0, 300.0, 1e5):
+        text = fitted.plan("Tell me a story about a dragon.", lam=lam)
+        assert text.kind == "text" and len(text.stages) == 1 and len(text.first()) == 1
