@@ -15,6 +15,12 @@ OpenAI-compatible server with a fixed latency), started once in its own process:
                          (``--litellm-bin``, ``$COSTROUTE_LITELLM_BIN``, or PATH).
 * ``costroute-minilm``   (``--minilm``) ``router-auto`` with all-MiniLM-L6-v2 and unique
                          prompts (every request runs the encoder, micro-batched).
+* ``costroute-cascade``  (``--cascade``) ``router-cascade-100``: a cascade ``A+B>=2 -> C``
+                         whose two first-stage backends agree (two concurrent calls, one
+                         stage: compare with ``direct``);
+* ``costroute-cascade-escalate`` (``--cascade``) the same cascade with backends that
+                         disagree: three calls in two stages (compare with twice ``direct``).
+                         The upstream then answers ``The answer is ({model}).``
 
 Each target runs alone (its server started, warmed up, measured, stopped): first
 ``--sequential`` requests one at a time (pure per-request overhead), then ``--requests``
@@ -142,11 +148,16 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, max_seconds: fl
     return lat, errors, wall
 
 
+MC = "Question {}: which of the following is right?\nA) one\nB) two\nC) three\nD) four"
+
+
 def bodies_for(model: str, n: int, unique: bool) -> list[bytes]:
     out = []
     for i in range(n):
         text = (f"Question {i}: what is {i % 97} plus {i % 89}? Explain briefly." if unique
                 else "What is 2 plus 2? Explain briefly.")
+        if model.startswith("router-cascade"):
+            text = MC.format(i)
         out.append(json.dumps({"model": model, "max_tokens": 16,
                                "messages": [{"role": "user", "content": text}]}).encode())
     return out
@@ -212,6 +223,48 @@ def gateway_config(tmp: Path, up_base: str, fast_path: bool, artifact: Path | No
     return path
 
 
+def cascade_artifact(tmp: Path) -> Path:
+    """A cascade over backends A, B, C fitted on synthetic multiple-choice answers (A and B
+    right 70% of the time, C 98%); at lam 100 its plan is ``A+B>=2 -> C``."""
+    from policies import make_policy
+    from router.proxy.routing import hashing_encoder_config, load_encoder
+
+    rng = np.random.default_rng(0)
+    n = 200
+    enc = load_encoder(hashing_encoder_config(32), use_cache=False)
+    texts = [MC.format(i) for i in range(n)]
+    truth = rng.integers(0, 4, n)
+    quality, responses = np.zeros((n, 3)), []
+    for i in range(n):
+        row = []
+        for j, acc in enumerate((0.7, 0.7, 0.98)):
+            ok = rng.random() < acc
+            row.append(f"The answer is ({'ABCD'[(truth[i] + (0 if ok else 1)) % 4]}).")
+            quality[i, j] = float(ok)
+        responses.append(row)
+    pol = make_policy("cascade").fit(enc.encode(texts), quality,
+                                     np.tile([1e-4, 1e-4, 3e-3], (n, 1)), ["A", "B", "C"],
+                                     texts=texts, responses=responses)
+    plan = pol.plan(MC.format(0), lam=100.0)
+    assert plan.first() == ("A", "B"), plan.describe()
+    return pol.save(tmp / "cascade-artifact", meta={"encoder": enc.config()})
+
+
+def cascade_config(tmp: Path, up_base: str, artifact: Path, agree: bool) -> Path:
+    """Backends A, B, C; with ``agree`` A and B both call upstream model B (same answer)."""
+    upstream = {"A": "B" if agree else "A", "B": "B", "C": "C"}
+    entries = [{"model_name": name, "litellm_params": {
+        "model": f"openai/{upstream[name]}", "api_base": up_base, "api_key": "sk-bench",
+        "input_cost_per_token": p, "output_cost_per_token": 2 * p}}
+        for name, p in (("A", 1e-6), ("B", 1e-6), ("C", 1e-5))]
+    cfg = {"model_list": entries, "routing": {"artifact": str(artifact)},
+           "state": {"dir": str(tmp / f"state-cascade-{agree}")},
+           "keys": {"keys": [{"name": "bench", "key": BENCH_KEY}]}}
+    path = tmp / f"gateway-cascade-{agree}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def minilm_artifact(tmp: Path) -> Path:
     """A kNN policy over all-MiniLM-L6-v2 embeddings of a few synthetic prompts."""
     from policies import make_policy
@@ -238,6 +291,8 @@ def main() -> None:
     p.add_argument("--targets", default="direct,costroute,costroute-auto,costroute-litellm,"
                                         "litellm-proxy")
     p.add_argument("--minilm", action="store_true", help="add costroute-minilm")
+    p.add_argument("--cascade", action="store_true",
+                   help="add costroute-cascade and costroute-cascade-escalate")
     p.add_argument("--litellm-bin", help="litellm executable with the proxy extras")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
@@ -249,10 +304,14 @@ def main() -> None:
     targets = [t for t in args.targets.split(",") if t]
     if args.minilm:
         targets.append("costroute-minilm")
+    if args.cascade:
+        targets += ["costroute-cascade", "costroute-cascade-escalate"]
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     up_port = free_port()
+    answer = (["--answer", "The answer is ({model})."]
+              if any(t.startswith("costroute-cascade") for t in targets) else [])
     upstream = start([sys.executable, "-m", "tests.upstream", "--port", str(up_port),
-                      "--latency-ms", str(args.latency_ms)], tmp / "upstream.log")
+                      "--latency-ms", str(args.latency_ms), *answer], tmp / "upstream.log")
     up_base = f"http://127.0.0.1:{up_port}/v1"
     results: dict[str, dict] = {}
     try:
@@ -274,6 +333,10 @@ def main() -> None:
                         artifact = minilm_artifact(tmp)
                         unique = True
                     cfg = gateway_config(tmp, up_base, fast, artifact)
+                    if target.startswith("costroute-cascade"):
+                        cfg = cascade_config(tmp, up_base, cascade_artifact(tmp),
+                                             agree=target == "costroute-cascade")
+                        model = "router-cascade-100"
                     proc = start([sys.executable, "-m", "router", "serve", "--config", str(cfg),
                                   "--port", str(port), "--log-level", "warning"],
                                  tmp / f"{target}.log")
@@ -327,6 +390,13 @@ def main() -> None:
         print(f"{name:<20}{r['seq_p50_ms']:9.2f}{r['seq_p99_ms']:9.2f}{add('seq_p50_ms'):8.2f}"
               f"{r['p50_ms']:10.2f}{r['p99_ms']:9.2f}{add('p50_ms'):9.2f}{add('p99_ms'):9.2f}"
               f"{r['rps']:9.1f}{r['cpu_ms_per_req']:8.2f}{r['errors']:5d}")
+    if base:
+        for name, stages in (("costroute-cascade", 1), ("costroute-cascade-escalate", 2)):
+            if name in results:
+                r = results[name]
+                print(f"{name}: {stages} stage(s) of upstream calls; added at c=1 p50 "
+                      f"{r['seq_p50_ms'] - stages * base['seq_p50_ms']:.2f} ms over {stages} x "
+                      f"direct, cpu {r['cpu_ms_per_req']:.2f} ms per request")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)

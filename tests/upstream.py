@@ -180,6 +180,8 @@ class Upstream:
         with self.lock:
             self.prompt_calls[(model, text_in)] += 1
             scripted = self.scripts.get(model)
+            if scripted is None and "*" in self.scripts:  # every model: the text of --answer
+                scripted = lambda _t, f=self.scripts["*"]: f(_t).replace("{model}", model)  # noqa: E731
         prompt_tokens = max(1, len(text_in) // 4)
         n_out = int(req.get("max_tokens") or req.get("max_completion_tokens") or 10**9)
         if scripted is not None:
@@ -520,9 +522,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--completion-tokens", type=int, default=16)
     p.add_argument("--stream-chunks", type=int, default=4)
+    p.add_argument("--answer", help="reply text of every model ({model}: the model's name)")
     args = p.parse_args(argv)
     app = Upstream(Knobs(latency_ms=args.latency_ms, completion_tokens=args.completion_tokens,
                          stream_chunks=args.stream_chunks))
+    if args.answer:
+        app.script("*", lambda _t, a=args.answer: a)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 backlog=4096)
 

@@ -9,6 +9,8 @@ A ``POST /v1/chat/completions`` request goes through one module per step:
    down, embed the prompt, let the policy order them -> :class:`RoutePlan`;
 3. router.proxy.execution: call the candidates in order with fallbacks, each call's
    worst-case cost held on the key's spend (router.proxy.spend) and settled afterwards;
+   ``router-cascade[-<lam>]`` goes to router.proxy.cascade instead (stages of concurrent
+   calls, escalation on disagreement, automatic rewards for the served bandits);
 4. router.proxy.responses: the answer (body plus ``router``, or the SSE bytes plus one
    ``: x-router {...}`` comment line), the ``x-router-*`` headers and the one outcome record
    per request (router.proxy.outcomes, written by a background writer).

@@ -155,7 +155,7 @@ class RoutingConfig(_Strict):
     batch_wait_ms: float = Field(default=0.0, ge=0, lt=1000)
     #: weight of a cascade's automatic agreement rewards (router.auto_rewards) in the
     #: updates of every served online policy (linucb): 0 = off, 1 = one /v1/feedback reward
-    auto_reward_weight: float = Field(default=0.5, ge=0, le=1)
+    auto_reward_weight: float = Field(default=1.0, ge=0, le=1)
     #: share of an online policy's decisions that may explore (use the optimism bonus) instead
     #: of exploiting the posterior mean; 0 = never. Default router.exploration.DEFAULT_SHARE,
     #: chosen on a train-split replay (router eval --explore); ``exploration_shares`` sets it
