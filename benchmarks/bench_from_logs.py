@@ -2,14 +2,16 @@
 from-logs` -> `router train`, against the full-information policy and random routing.
 
 1. ``router serve --demo`` (replay backends of the RouterBench subset: every backend answers
-   a dataset prompt as that model did, at its recorded cost, and posts the dataset's grade
-   as feedback, source ``replay``) in a subprocess, with its own state dir.
+   a dataset prompt as that model did, at its recorded cost, with the dataset's grade in
+   the answer's ``router.replay.grade``) in a subprocess, with its own state dir.
 2. ``--requests`` requests: a seeded random *train* prompt each, sent to a uniformly random
    backend by name (the exploration traffic a deployment logs before it has a router, so
-   every model's outcomes are seen; the logging propensity is 1/m for every model).
+   every model's outcomes are seen; the logging propensity is 1/m for every model), and
+   ``POST /v1/feedback`` with the answer's grade as the reward (the client's feedback).
 3. ``router logs``' store -> ``router data from-logs --prompts train_prompts.jsonl`` (the
    records carry prompt hashes; the prompt file gives the text, and with ``--tasks`` the
-   task) -> ``router train --test-fraction 0`` (one observed model per logged request, the
+   task; ``--cluster-tasks K`` makes tasks of k-means clusters instead) -> ``router train
+   --test-fraction 0`` (one observed model per logged request, the
    other cells missing).
 4. The full-information policy: ``router train`` on the train split with every cell.
 5. On the *test* split: both policies' (cost, quality) curves over the same lam grid, as
@@ -102,6 +104,13 @@ async def replay_requests(port: int, prompts: list[str], models: list[str], n: i
                     "" if r.status_code != 200 else "/" + r.headers.get("x-router-replay-match",
                                                                         "?"))
                 status[key] = status.get(key, 0) + 1
+                grade = (r.json().get("router") or {}).get("replay", {}).get("grade") \
+                    if r.status_code == 200 else None
+                if grade is not None:  # the client's feedback: the answer's grade
+                    fb = await client.post("/feedback", json={
+                        "request_id": r.headers["x-router-request-id"], "reward": grade})
+                    key = f"feedback {fb.status_code}"
+                    status[key] = status.get(key, 0) + 1
                 bar.update(1)
 
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -132,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param", action="append", default=[], help="policy KEY=VALUE (both)")
     p.add_argument("--tasks", action="store_true",
                    help="the prompt file gives each logged prompt's task (default: no tasks)")
+    p.add_argument("--cluster-tasks", type=int, metavar="K",
+                   help="router data from-logs --cluster-tasks K (tasks from k-means clusters "
+                        "of the logged prompts instead of labels)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse-logs", action="store_true",
                    help="skip the gateway run when OUT/state already holds the logs")
@@ -175,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=60)
 
     logs_ds = out / "logs.jsonl"
+    cluster = [] if args.cluster_tasks is None else ["--cluster-tasks", str(args.cluster_tasks)]
     cli("data", "from-logs", "--state-dir", str(state), "--prompts", str(prompts_file),
-        "--out", str(logs_ds))
+        "--out", str(logs_ds), *cluster)
     params = [x for kv in args.param for x in ("--param", kv)]
     cli("train", "--policy", args.policy, "--data", str(logs_ds), "--out",
         str(out / "art-logs"), "--test-fraction", "0", "--quiet", *params)
@@ -209,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     full_at_rand = quality_at_cost(hull_full, rand_c)
     result = {
         "requests": args.requests, "policy": args.policy, "params": args.param,
-        "tasks_given": args.tasks,
+        "tasks_given": args.tasks, "cluster_tasks": args.cluster_tasks,
         "logged_dataset": {"rows": len(logged), "models": logged.models,
                            "observed_cell_share": observed},
         "test_rows": len(test),
@@ -222,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         "max_quality": {"from_logs": float(hull_logs[-1, 1]),
                         "full_info": float(hull_full[-1, 1])},
     }
+    if getattr(pol_logs, "backoff_", None) is not None:
+        # diagnostic: the same two artifacts with the kNN's distance backoff switched off
+        pol_logs.backoff_ = pol_full.backoff_ = None
+        h_l = pareto_hull(*curve(pol_logs, X, quality, cost, lams, col(pol_logs)).T)
+        h_f = pareto_hull(*curve(pol_full, X, quality, cost, lams, col(pol_full)).T)
+        g = np.array([quality_at_cost(h_f, c) - quality_at_cost(h_l, c) for c in grid])
+        result["without_backoff"] = {"gap_max": float(g.max()), "gap_mean": float(g.mean()),
+                                     "from_logs_quality_at_random_spend":
+                                         quality_at_cost(h_l, rand_c)}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     _plot(out / "from_logs.png", hull_logs, hull_full, pts_logs, pts_full, rand_c, rand_q)

@@ -36,6 +36,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="logs",
                         help="task of prompts without one (default 'logs')")
     parser.add_argument("--since", type=float, help="only requests with ts >= this Unix time")
+    parser.add_argument("--cluster-tasks", type=int, metavar="K",
+                        help="set each prompt's task to one of K k-means clusters of its "
+                             "embedding (for logs without task labels: the policies' task "
+                             "priors then have something to anchor on)")
+    parser.add_argument("--encoder", metavar="MODEL",
+                        help="encoder for --cluster-tasks (default all-MiniLM-L6-v2; "
+                             "hashing[:DIM] for the model-free one)")
 
 
 def _events(args: argparse.Namespace, sources: set[str] | None) -> list[dict]:
@@ -96,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise CLIError(f"--out {out}: is a directory")
+    if args.cluster_tasks is not None and args.cluster_tasks < 1:
+        raise CLIError(f"--cluster-tasks must be >= 1, got {args.cluster_tasks}")
     prompts = {}
     if args.prompts:
         try:
@@ -111,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         raise CLIError(f"no usable request among {report.requests} logged: a request needs an "
                        "answer, a reward (POST /v1/feedback) and its prompt text")
+    if args.cluster_tasks is not None:
+        cluster_tasks(rows, args.cluster_tasks, args.encoder)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -123,3 +134,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"router data from-logs: wrote {out}: {report.rows} prompts from {report.used} of "
           f"{report.requests} requests ({mix})", file=sys.stderr)
     return 0
+
+
+def cluster_tasks(rows: list[dict], k: int, encoder: str | None = None, seed: int = 0) -> None:
+    """Replace each row's task by its k-means cluster (``cluster0`` ...) of prompt embeddings."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    from router.cli import CLIError
+
+    if encoder and encoder.split(":", 1)[0] == "hashing":
+        from router.proxy.routing import hashing_encoder_config, load_encoder
+
+        dim = encoder.partition(":")[2] or "256"
+        if not dim.isdigit() or int(dim) < 2:
+            raise CLIError(f"--encoder {encoder}: expected hashing[:DIM] with DIM >= 2")
+        enc = load_encoder(hashing_encoder_config(int(dim)), use_cache=False)
+    else:
+        from router.encoder import Encoder, EncoderError
+
+        try:
+            enc = Encoder(model_name=encoder) if encoder else Encoder()
+        except EncoderError as exc:
+            raise CLIError(f"encoder: {exc}") from None
+    X = np.asarray(enc.encode([r["prompt"] for r in rows], progress=False), dtype=np.float64)
+    k = min(k, len(rows))
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(X)
+    for row, label in zip(rows, labels, strict=True):
+        row["task"] = f"cluster{int(label)}"

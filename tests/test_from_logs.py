@@ -136,6 +136,16 @@ def test_hashed_logs_join_a_prompt_file_and_exported_logs(own_upstream, tmp_path
                  "--prompts", str(prompts), "--out", str(out)]) == 0
     joined = rows(out)
     assert joined and all(r["task"] == "arith" for r in joined)
+    # no task labels: k-means clusters of the prompts stand in (one per question template)
+    clustered = tmp_path / "clustered.jsonl"
+    assert main(["data", "from-logs", "--state-dir", str(tmp_path / "state"), "--prompts",
+                 str(prompts), "--out", str(clustered), "--cluster-tasks", "3",
+                 "--encoder", "hashing:256"]) == 0
+    by_template: dict[str, set[str]] = {}
+    for r in rows(clustered):
+        by_template.setdefault(r["prompt"].split(" ", 1)[0], set()).add(r["task"])
+    assert len(by_template) == 3 and all(len(t) == 1 for t in by_template.values())
+    assert len(set().union(*by_template.values())) == 3
     # the same through `router logs export`, and a source filter
     exported = tmp_path / "export.jsonl"
     assert main(["logs", "export", "--state-dir", str(tmp_path / "state"),

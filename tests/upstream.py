@@ -523,9 +523,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--completion-tokens", type=int, default=16)
     p.add_argument("--stream-chunks", type=int, default=4)
     p.add_argument("--answer", help="reply text of every model ({model}: the model's name)")
+    p.add_argument("--own-models", action="store_true",
+                   help="play the scripted small/medium/large models and the judge "
+                        "(examples/own-models)")
     args = p.parse_args(argv)
     app = Upstream(Knobs(latency_ms=args.latency_ms, completion_tokens=args.completion_tokens,
                          stream_chunks=args.stream_chunks))
+    if args.own_models:
+        for model in OWN_MODELS:
+            app.script(model, lambda text, m=model: own_answer(m, text))
+        app.script("judge", own_judge)
     if args.answer:
         app.script("*", lambda _t, a=args.answer: a)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
