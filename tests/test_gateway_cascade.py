@@ -65,7 +65,8 @@ def gateway(upstream, tmp_path_factory):
         "routing": {"artifact": bandit, "artifacts": {"cascade": cascade},
                     "timeouts": {"small-b": 1.0}, "auto_reward_weight": 0.5},
         "state": {"dir": str(root / "state"), "sync_outcomes": True},
-        "keys": {"keys": [{"name": "k", "key": KEY, "budget_usd": 10.0}]},
+        "keys": {"keys": [{"name": "k", "key": KEY, "budget_usd": 10.0},
+                          {"name": "poor", "key": "sk-poor", "budget_usd": 1e-9}]},
     }, source="cascade test")
     gw = GatewayServer(cfg).start()
     plan = gw.gateway.router.policies["cascade"].policy.plan(QUESTION.format(0), lam=100.0)
@@ -177,6 +178,17 @@ def test_nothing_answering_is_a_502_not_a_500(gateway, upstream):
     assert info.value.body["code"] == "upstream_error"
     for m in MODELS:
         gateway.gateway.pool.ok(m)
+
+
+def test_no_call_fitting_the_budget_is_a_402(gateway, upstream):
+    answers(upstream, small_a="B", small_b="B", large="B")
+    client = gateway.openai(api_key="sk-poor")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model=CASCADE, messages=[{"role": "user", "content": QUESTION.format(8)}])
+    assert info.value.status_code == 402
+    assert info.value.body["code"] == "budget_exceeded"
+    assert sum(upstream.calls(m) for m in MODELS) == 0
 
 
 def test_streaming_client_gets_the_decided_answer(gateway, upstream):
