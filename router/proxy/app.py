@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policies.base import Policy, PolicyError
+from router.ops.live import LiveWindow
 from router.proxy.backends import BackendPool, make_backend
 from router.proxy.cascade import CascadeExecutor
 from router.proxy.config import ConfigError, GatewayConfig
@@ -59,6 +60,7 @@ from router.proxy.schemas import (
     validation_error_to_api,
 )
 from router.proxy.spend import Spend
+from router.proxy.ui import add_ui_routes
 
 __all__ = ["Gateway", "create_app", "load_policies", "read_body"]
 
@@ -163,6 +165,8 @@ class Gateway:
         self.outcomes = OutcomeLogger(
             self.outcome_store, cfg.state.flush_interval_seconds, ack=cfg.state.sync_outcomes,
             before_write=self.feedback_cache.flush_shared if shared_fb is not None else None)
+        self.live = LiveWindow()  # the last hour, for GET /ui
+        self.outcomes.tap = self.live.add
         self.pacer = None
         if r.global_budget is not None:
             from router.proxy.pacing import Pacer
@@ -464,6 +468,7 @@ def create_app(cfg: GatewayConfig, **gateway_kwargs: Any) -> FastAPI:
         return Response(m.render(), media_type=m.content_type)
 
     app.openapi = lambda: openapi_schema(app, body_defs)  # every $ref resolves
+    add_ui_routes(app, gw)
     app.add_middleware(AuthGate, keys=gw.keys)
     return app
 

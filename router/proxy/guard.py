@@ -3,7 +3,8 @@ OpenAPI schema.
 
 :class:`AuthGate` is a plain ASGI middleware: when keys are configured (``keys.required``),
 a request without a known key gets a 401 OpenAI-style error on every path except the probes
-(``/health``, ``/ready``) — the API, ``/metrics``, ``/openapi.json``, ``/docs`` and pages.
+(``/health``, ``/ready``) and the live page's static shell (``/ui``, whose data calls need the
+key) — the API, ``/metrics``, ``/openapi.json`` and ``/docs`` all need it.
 Keys are hashed on arrival and never logged (:mod:`router.proxy.keys`).
 
 :func:`openapi_schema` builds the app's schema with the request bodies' nested models moved
@@ -20,8 +21,9 @@ from pydantic import BaseModel
 
 from router.proxy.schemas import APIError
 
-#: paths reachable without a key: liveness and readiness probes
-OPEN_PATHS = frozenset({"/health", "/ready"})
+#: paths reachable without a key: the probes, and the live page's static shell (it holds no
+#: data: its figures come from /v1/router/summary, which needs the key)
+OPEN_PATHS = frozenset({"/health", "/ready", "/ui", "/ui/app.js", "/ui/app.css"})
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 

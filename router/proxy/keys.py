@@ -88,6 +88,8 @@ class KeyManager:
 
     async def settle(self, info: KeyInfo, reserved: float, actual: float) -> None:
         if info.budget is None:
+            if info.hash != ANONYMOUS.hash:  # spend of a key without a limit is still counted
+                await self.store.asettle(info.hash, 0.0, actual)  # (nothing was reserved)
             return
         await self.store.asettle(info.hash, reserved, actual)
 

@@ -54,6 +54,8 @@ class OutcomeLogger:
         self.batch = batch
         self.ack = ack
         self.before_write = before_write
+        #: called with every submitted event (in the submitting thread; must be cheap)
+        self.tap: Any = None
         self._buf: deque[tuple[dict[str, Any], Future | None]] = deque()
         self._acks: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
         self._wake = threading.Event()
@@ -72,6 +74,8 @@ class OutcomeLogger:
         return self
 
     def submit(self, event: dict[str, Any]) -> None:
+        if self.tap is not None:  # e.g. the live page's window of recent records
+            self.tap(event)
         fut = None
         if self.ack and event.get("request_id"):
             fut = Future()

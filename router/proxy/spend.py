@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.proxy.backends import BackendPool
-from router.proxy.keys import KeyInfo, KeyManager
+from router.proxy.keys import ANONYMOUS, KeyInfo, KeyManager
 from router.proxy.routing import Candidate
 
 
@@ -65,8 +65,8 @@ class Spend:
                 self.executor, self.pacer.commit, hold.pacing, actual)
 
     def settle_soon(self, hold: Hold, actual: float) -> None:
-        """Settle in the background (nothing to do for an unlimited key without pacing)."""
-        if hold.key.budget is not None or hold.pacing is not None:
+        """Settle in the background (nothing to do for the anonymous key without pacing)."""
+        if hold.key.hash != ANONYMOUS.hash or hold.pacing is not None:
             self.spawn(self.settle(hold, actual))
 
     async def release(self, hold: Hold) -> None:
