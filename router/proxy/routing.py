@@ -232,7 +232,9 @@ class ServedPolicy:
         self.gate = (ExplorationGate(exploration_share)
                      if self.online and hasattr(policy, "estimates") else None)
         self.lock = threading.RLock()
-        self.inline = getattr(encoder, "backend_name", "") == "hashing"
+        #: the encoder costs microseconds (hashing, static tables): run it on the event loop,
+        #: where a micro-batcher / worker-thread hand-off would cost more than the encode
+        self.inline = getattr(encoder, "backend_name", "") in INLINE_BACKENDS
         #: predictions read shared state over the network (run them in a worker thread)
         self.remote_state = False
         self.batch_max = 32
@@ -281,6 +283,10 @@ class ServedPolicy:
     def update(self, x: np.ndarray, policy_model: str, reward: float, cost: float) -> None:
         with self.lock:
             self.policy.update(x, policy_model, reward, cost)
+
+
+#: encoder backends cheap enough to run on the event loop (no batcher, no thread)
+INLINE_BACKENDS = frozenset({"hashing", "static"})
 
 
 class Router:
