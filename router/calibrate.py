@@ -98,3 +98,15 @@ def calibrate(est_q: np.ndarray, est_c: np.ndarray, models: list[str], *,
                                                          -best.quality):
                 best = op
     return best, sweep
+
+
+def spend_interval(est_q: np.ndarray, est_c: np.ndarray, lam: float, level: float = 0.9,
+                   n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the expected $ per 1k queries at ``lam`` over resamples of the
+    sample's prompts: how far another sample of the same traffic may spend from it."""
+    pick = choose(est_q, est_c, lam=lam)
+    per_row = np.asarray(est_c, dtype=np.float64)[np.arange(len(pick)), pick] * 1000
+    rng = np.random.default_rng(seed)
+    means = per_row[rng.integers(0, len(per_row), (n_boot, len(per_row)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

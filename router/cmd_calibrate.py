@@ -89,12 +89,16 @@ def run(args: argparse.Namespace) -> int:
                                 target_usd_per_1k=args.target_usd_per_1k, target_share=share)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    from router.calibrate import spend_interval
+
+    interval = spend_interval(est.quality, est.cost, best.lam, seed=args.seed)
     result = {
         "artifact": str(art), "policy": policy.name, "prompts": str(args.prompts),
         "n_prompts": len(items),
         "target": ({"usd_per_1k": args.target_usd_per_1k} if share is None
                    else {"model": share[0], "share": share[1]}),
         **best.as_dict(),
+        "usd_per_1k_90pct": list(interval),
         "range": {"usd_per_1k_min": min(op.usd_per_1k for op in sweep),
                   "usd_per_1k_max": max(op.usd_per_1k for op in sweep)},
     }
@@ -115,8 +119,10 @@ def _print(result, best, sweep, share, args) -> None:
     tgt = (f"${args.target_usd_per_1k:g} per 1k queries" if share is None
            else f"{share[1]:.0%} of queries to {share[0]}")
     console.print(f"[bold]lam = {best.lam:.6g}[/bold] on {result['n_prompts']} prompts "
-                  f"(target {tgt}): expected ${best.usd_per_1k:.4f} per 1k queries, estimated "
-                  f"quality {best.quality:.3f}")
+                  f"(target {tgt}): expected ${best.usd_per_1k:.4f} per 1k queries (90% "
+                  f"bootstrap interval over resamples of these prompts: "
+                  f"${result['usd_per_1k_90pct'][0]:.4f}-{result['usd_per_1k_90pct'][1]:.4f}), "
+                  f"estimated quality {best.quality:.3f}")
     table = Table(show_header=True, header_style="bold")
     table.add_column("model")
     table.add_column("share", justify="right")

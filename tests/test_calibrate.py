@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from router.calibrate import calibrate, operating
+from router.calibrate import calibrate, operating, spend_interval
 from tests.conftest import REPO
 from tests.upstream import OWN_MODELS, UpstreamServer, own_config, own_prompts, play_own_models
 
@@ -85,6 +85,7 @@ def test_label_train_calibrate_serve(tmp_path, replica_factory):
         cal = json.loads(result.read_text())
         lam = cal["lam"]
         assert cal["usd_per_1k"] == pytest.approx(TARGET, rel=0.05)
+        assert cal["usd_per_1k_90pct"][0] < cal["usd_per_1k"] < cal["usd_per_1k_90pct"][1]
         assert 0 < cal["mix"]["large"] < 1 and abs(sum(cal["mix"].values()) - 1) < 1e-9
 
         # 4. serve with routing.lam = the calibrated lam; measure spend on fresh prompts
@@ -118,6 +119,8 @@ def test_calibrate_finds_the_step_nearest_the_target():
     assert best.usd_per_1k == pytest.approx(1.0, abs=0.01)
     again = operating(q, c, ["cheap", "dear"], best.lam)
     assert again.usd_per_1k == best.usd_per_1k and again.mix == best.mix
+    lo, hi = spend_interval(q, c, best.lam)
+    assert lo < best.usd_per_1k < hi and hi - lo < 0.5
     share, _ = calibrate(q, c, ["cheap", "dear"], target_share=("dear", 0.25))
     assert share.mix["dear"] == pytest.approx(0.25, abs=0.01)
     assert min(op.usd_per_1k for op in sweep) == pytest.approx(0.1)  # all cheap

@@ -255,3 +255,24 @@ def test_plain_text_and_csv_prompts(own, tmp_path):
                  "--models", "small"]) == 0
     (rec,) = rows(tmp_path / "c.jsonl")
     assert rec["id"] == "a" and rec["task"] == "sums" and rec["scores"] == {"small": 1.0}
+
+
+def test_litellm_backends_label_at_the_same_real_cost(own, tmp_path):
+    server, cfg = own
+    data = yaml.safe_load(cfg.read_text())
+    for entry in data["model_list"]:
+        entry["fast_path"] = False  # through litellm.acompletion, as non-OpenAI providers go
+    slow = tmp_path / "litellm.yaml"
+    slow.write_text(yaml.safe_dump(data))
+    prompts = write_prompts(tmp_path / "p.jsonl", 3)
+    assert main(["data", "label", "--prompts", str(prompts), "--config", str(slow), "--out",
+                 str(tmp_path / "a.jsonl"), "--grader", "number", "--models", "small,large",
+                 "--quiet"]) == 0
+    assert main(["data", "label", "--prompts", str(prompts), "--config", str(cfg), "--out",
+                 str(tmp_path / "b.jsonl"), "--grader", "number", "--models", "small,large",
+                 "--quiet"]) == 0
+    a, b = rows(tmp_path / "a.jsonl"), rows(tmp_path / "b.jsonl")
+    assert [r["scores"] for r in a] == [r["scores"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["costs"] == pytest.approx(rb["costs"])
+    assert server.calls("small") == 6
