@@ -4,8 +4,6 @@ torch path for StaticEmbedding models (infinite max_seq_length), serving checks.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,6 @@ from router.encoder import Encoder, EncoderError, unload_models
 from router.encoder_select import EncoderMismatchError, backend_plan, serving_encoder
 from router.static_encoder import StaticBackend, ensure_static, static_kind
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the", "a", "what", "is", "of", "capital", "france", "paris", "city", "python",
          "write", "function", "code", "list", "reverse", "string", "poem", "sea", "river",
          "number", "plus", "two", "three", "answer", "question", "##s", "##ing")
@@ -96,6 +93,10 @@ def test_encoder_records_static_and_serving_checks_the_signature(distilled, mini
     assert served.backend_name == "static"
     np.testing.assert_allclose(served.encode(["what is the capital of france"])[0], x[0],
                                rtol=1e-6)
+    # the gateway's one-text path (no disk cache) gives the same vector
+    np.testing.assert_allclose(served.encode_one("what is the capital of france"), x[0],
+                               rtol=1e-6)
+    assert served.stats.encoded == 2
     bad = {**cfg, "model_signature": "0123456789abcdef+m2v1-pca8"}
     with pytest.raises(EncoderMismatchError, match="signature"):
         serving_encoder(bad, "auto", use_cache=False)
@@ -138,13 +139,13 @@ def test_broken_static_models_are_clear_errors(st_static_dir, tmp_path):
 
 def test_router_eval_with_a_static_sentence_transformers_model(st_static_dir, tmp_path):
     # the first-run report: `router eval --encoder PATH` with a StaticEmbedding model
+    from router.cli import main
+
     out = tmp_path / "out"
-    run = subprocess.run(
-        [sys.executable, "-m", "router", "eval", "--data", "demo", "--policies",
-         "knn,task-static", "--encoder", str(st_static_dir), "--bootstrap", "20",
-         "--no-plots", "--quiet", "--cache-dir", str(tmp_path / "emb"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-2000:]
+    code = main(["eval", "--data", "demo", "--policies", "knn,task-static", "--encoder",
+                 str(st_static_dir), "--bootstrap", "20", "--no-plots", "--quiet",
+                 "--cache-dir", str(tmp_path / "emb"), "--out", str(out)])
+    assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert np.isfinite(results["policies"]["knn"]["aiq"])
     assert results["encoder"]["model_name"] == str(st_static_dir.resolve())
