@@ -276,3 +276,59 @@ def test_litellm_backends_label_at_the_same_real_cost(own, tmp_path):
     for ra, rb in zip(a, b, strict=True):
         assert ra["costs"] == pytest.approx(rb["costs"])
     assert server.calls("small") == 6
+
+
+def test_transient_failures_are_retried_with_backoff(own, tmp_path):
+    server, cfg = own
+    server.control("medium", fail="503", fail_times=2)
+    server.control("large", fail="429", fail_times=1)
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    assert label(tmp_path, cfg, prompts, "--grader", "number", "--models", ",".join(MODELS),
+                 "--concurrency", "1") == 0
+    assert server.calls("medium") == 4 + 2 and server.calls("large") == 4 + 1
+    assert all(None not in r["scores"].values() for r in rows(tmp_path / "labels.jsonl"))
+
+
+def test_failing_judge_keeps_the_paid_answers(own, tmp_path, capsys):
+    server, cfg = own
+    server.control("judge", fail="500")
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    assert label(tmp_path, cfg, prompts, "--grader", "judge:judge", "--retries", "0",
+                 "--max-backend-failures", "2", "--concurrency", "1") == 1
+    assert "backend 'judge' stopped" in capsys.readouterr().err
+    data = rows(tmp_path / "labels.jsonl")
+    assert all(set(r["responses"]) == set(MODELS) for r in data)  # every answer kept
+    assert all(s is None for r in data for s in r["scores"].values())
+    before = {m: server.calls(m) for m in MODELS}
+    server.control("judge", fail=None)
+    assert label(tmp_path, cfg, prompts, "--grader", "judge:judge") == 0
+    assert {m: server.calls(m) for m in MODELS} == before  # no answer bought twice
+    assert all(None not in r["scores"].values() for r in rows(tmp_path / "labels.jsonl"))
+
+
+def test_ctrl_c_writes_the_dataset_and_resumes(own, tmp_path):
+    server, cfg = own
+    server.control("*", latency_ms=40)
+    prompts = write_prompts(tmp_path / "p.jsonl", 30)
+    out, journal = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.journal"
+    cmd = [sys.executable, "-m", "router", "data", "label", "--prompts", str(prompts),
+           "--config", str(cfg), "--out", str(out), "--grader", "number", "--quiet",
+           "--models", ",".join(MODELS), "--concurrency", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (journal.exists()
+                                               and len(journal_answers(journal)) >= 10):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "rerun the same command" in err
+    paid = journal_answers(journal)
+    kept = {(r["id"], m) for r in rows(out) for m, s in r["scores"].items() if s is not None}
+    assert kept == paid and 10 <= len(paid) < 90
+    server.control("*", latency_ms=0)
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sum(server.calls(m) for m in MODELS) <= 90 + 2  # the 2 in flight at the interrupt
