@@ -5,6 +5,8 @@ pairs, a directory of data files, or ``demo``) and prints rows, models, rows per
 mean quality (missing cells count as 0, the evaluation policy; the mean over observed cells
 beside it), mean cost per 1k queries and missing cells -- for train and test separately when
 PATH is a pair directory. ``router data demo --out PATH`` writes the demo dataset as JSONL.
+``router data label`` (:mod:`router.cmd_label`) and ``router data from-logs``
+(:mod:`router.cmd_from_logs`) make datasets of your own models' answers and gateway logs.
 """
 
 from __future__ import annotations
