@@ -11,7 +11,9 @@ with ``routing.auto_reward_weight``. The labels never read the test quality.
 
 Reported per budget: the frozen prior (``prior-only``), ``auto``, the full-feedback bandit
 (``pilot``) and full-information kNN with ``lam`` matched to ``auto``'s spend; ``gap_closed``
-= (auto - prior) / (kNN - prior) in mean quality. The label weight and the cascade's lam
+= (auto - prior) / (kNN - prior) in mean quality. ``all-labels`` is a ceiling, not a
+router: the same bandit folding every model's *true* correctness on every query (weight 1),
+i.e. the most any reward source could teach it on this stream. The label weight and the cascade's lam
 are chosen on a validation split of *train* (fit on 70%, replay the other 30%), never on
 test; the labels' agreement with the true correctness is reported too.
 """
@@ -190,12 +192,15 @@ def run_online_auto(ctx: Any = None, *, train: RoutingDataset | None = None,
     say(f"online auto: weight {weight:g}, cascade lam {cascade_lam:g}")
     cascade = _fit_cascade(train, X_train, seed)
     labels = cascade_labels(cascade, test, cascade_lam)
+    q_test, c_test = test.eval_matrices()
+    every = [[(j, float(q_test[i, j] >= 0.5), float(c_test[i, j]))
+              for j in range(len(test.models))] for i in range(len(test))]
     res = run_online(train=train, test=test, X_train=X_train, X_test=X_test, budgets=budgets,
                      seed=seed, variants=("prior-only", "pilot"),
-                     learners={"auto": learner(X_test, labels, weight)}, compare=False,
-                     plots=False, progress=progress)
+                     learners={"auto": learner(X_test, labels, weight),
+                               "all-labels": learner(X_test, every, 1.0)},
+                     compare=False, plots=False, progress=progress)
     order = np.random.default_rng(seed).permutation(len(test))
-    q_test, c_test = test.eval_matrices()
     qs, cs = q_test[order], c_test[order]
     params = res["config"]["params"]
     full = {k: (q[order], c[order]) for k, (q, c) in
@@ -205,15 +210,16 @@ def run_online_auto(ctx: Any = None, *, train: RoutingDataset | None = None,
         runs = entry["runs"]
         row: dict[str, Any] = {"fraction": entry["fraction"],
                                "budget_per_1k": entry["budget_per_1k"]}
-        for name in ("prior-only", "auto", "pilot"):
+        for name in ("prior-only", "auto", "pilot", "all-labels"):
             row[name] = {k: runs[name][k] for k in ("quality", "cost_per_1k", "spend_fraction")}
         if "knn" in full:
             knn = _match_spend(*full["knn"], qs, cs, runs["auto"]["cost_usd"])
             row["knn"] = {"quality": knn["quality"], "cost_per_1k": knn["cost_per_1k"],
                           "lam": knn["lam"]}
             gap = knn["quality"] - runs["prior-only"]["quality"]
-            row["gap_closed"] = ((runs["auto"]["quality"] - runs["prior-only"]["quality"]) / gap
-                                 if gap > 0 else None)
+            for name, key in (("auto", "gap_closed"), ("all-labels", "gap_closed_all_labels")):
+                row[key] = ((runs[name]["quality"] - runs["prior-only"]["quality"]) / gap
+                            if gap > 0 else None)
         rows.append(row)
     return {"weight": weight, "cascade_lam": cascade_lam, "chosen_on_train": chosen,
             "labels": label_accuracy(test, labels), "budgets": rows, "replay": res}
@@ -226,11 +232,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              f"{lab['label_accuracy']:.3f} agree with the true correctness)"]
     for row in result["budgets"]:
         parts = [f"  budget {row['fraction']:.0%} (${row['budget_per_1k']:.3f}/1k):"]
-        for name in ("prior-only", "auto", "pilot", "knn"):
+        for name in ("prior-only", "auto", "pilot", "all-labels", "knn"):
             if name in row:
                 parts.append(f"{name} {row[name]['quality']:.4f} @ ${row[name]['cost_per_1k']:.3f}")
-        gap = row.get("gap_closed")
+        gap, ceiling = row.get("gap_closed"), row.get("gap_closed_all_labels")
         parts.append("gap closed " + ("n/a (kNN not above the prior)" if gap is None
-                                      else f"{gap:.0%}"))
+                                      else f"{gap:.0%} (all-labels ceiling {ceiling:.0%})"))
         lines.append("  ".join(parts))
     return lines

@@ -66,6 +66,7 @@ def test_auto_rewards_alone_teach_the_bandit_which_cheap_model_got_worse():
     assert res["labels"]["label_accuracy"] > 0.85
     row = res["budgets"][0]
     assert row["auto"]["quality"] > row["prior-only"]["quality"] + 0.3
+    assert row["all-labels"]["quality"] > row["prior-only"]["quality"] + 0.3  # the ceiling
     runs = res["replay"]["budgets"][0]["runs"]
     assert runs["prior-only"]["model_share"].get("cheap-b", 0) > 0.5
     assert runs["auto"]["model_share"].get("cheap-a", 0) > 0.5
