@@ -34,11 +34,10 @@ def cascade_section(results: dict[str, Any]) -> list[str]:
     if rows:
         lines += _table(["cascade", "best prompt-only policy (test AIQ)",
                          "AIQ difference [paired 95% CI]", "matched-cost verdict"], rows)
-        lines += [""]
     for label, p in aware.items():
         cmp = p.get("vs_best_prompt_only")
         if cmp:
-            lines += [f"* {label} vs {cmp['baseline']}: {cmp['summary']}."]
+            lines += ["", f"* {label} vs {cmp['baseline']}: {cmp['summary']}."]
         info = p.get("cascade") or {}
         plans, curve = info.get("plans") or [], p["curve"]
         calls = info.get("mean_calls") or [None] * len(plans)
