@@ -36,9 +36,13 @@ LAM_POINTS = 3  # lam grid: 0 plus this many log-spaced values over the cost ran
 #: replay conditions: (label, share of the fitting part's (query, model) cells the prior
 #: sees, LinUCB parameter overrides). With full information every arm's bonus is about equal
 #: and exploring rarely differs from exploiting; a prior from sparse logs (10% of the cells)
-#: gives arms different bonuses, and a wide bonus (alpha 1) makes exploring bind
+#: gives arms different bonuses, and a wide bonus (alpha 1) makes exploring bind. NEW_TASK
+#: is traffic the router has never seen: the prior fitted on the other tasks' rows, the
+#: stream drawn from the left-out task (each task in turn; needs two task labels)
+NEW_TASK = "new task"
 CONDITIONS: tuple[tuple[str, float, dict[str, Any]], ...] = (
-    ("full", 1.0, {}), ("sparse", 0.1, {}), ("sparse, alpha 1", 0.1, {"alpha": 1.0}))
+    ("full", 1.0, {}), ("sparse", 0.1, {}), ("sparse, alpha 1", 0.1, {"alpha": 1.0}),
+    (NEW_TASK, 1.0, {}))
 
 
 class ExploreEvalError(ValueError):
@@ -120,17 +124,20 @@ def run_explore(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(conditions) * len(seeds) * len(lams) * (len(shares) + 1),
+        n_tasks = len(set(train.tasks))
+        cuts = sum(n_tasks if label == NEW_TASK and n_tasks > 1 else 1
+                   for label, _, _ in conditions)
+        bar = tqdm(total=cuts * len(seeds) * len(lams) * (len(shares) + 1),
                    desc="explore replay", leave=False)
     tables = {}
     for label, frac, overrides in conditions:
         # runs[lam][label] -> list over seeds; label "frozen" or the share
         runs: dict[float, dict[str, list[dict[str, float]]]] = {
             lam: {k: [] for k in ["frozen", *map(str, shares)]} for lam in lams}
-        for seed in seeds:
-            rng = np.random.default_rng(seed)
-            order = rng.permutation(len(train))
-            fit_idx, stream = order[n_stream:], order[:n_stream]
+        cuts = list(_cuts(train, seeds, n_stream, label == NEW_TASK))
+        if not cuts:  # NEW_TASK without two tasks
+            continue
+        for rng, fit_idx, stream in cuts:
             base = _prior(train.subset(fit_idx), X_train[fit_idx], {**params, **overrides},
                           frac, rng)
             Xs, qs, cs = X_train[stream], q_all[stream], c_all[stream]
@@ -148,6 +155,24 @@ def run_explore(
     if bar is not None:
         bar.close()
     return _summarise(tables, conditions, lams, shares, tolerance, len(seeds), n_stream, params)
+
+
+def _cuts(train: RoutingDataset, seeds: Sequence[int], n_stream: int, new_task: bool):
+    """(rng, fit rows, stream rows) per seed: a random cut, or each task left out in turn
+    (fit on the other tasks, stream at most ``n_stream`` of its rows in a seeded order)."""
+    tasks = np.asarray(train.tasks, dtype=object).astype(str)
+    names = sorted(set(tasks))
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        if not new_task:
+            order = rng.permutation(len(train))
+            yield rng, order[n_stream:], order[:n_stream]
+            continue
+        if len(names) < 2:
+            return
+        for name in names:
+            held = np.flatnonzero(tasks == name)
+            yield rng, np.flatnonzero(tasks != name), rng.permutation(held)[:n_stream]
 
 
 def _prior(part: RoutingDataset, X: np.ndarray, params: dict[str, Any], frac: float,
@@ -197,7 +222,7 @@ def _summarise(tables, conditions, lams, shares, tolerance, n_seeds, n_stream, p
     return {"config": {"shares": list(shares), "lams": list(lams), "seeds": n_seeds,
                        "stream_queries": n_stream, "tolerance": tolerance, "params": params,
                        "conditions": [{"label": label, "observed": frac, "params": over}
-                                      for label, frac, over in conditions],
+                                      for label, frac, over in conditions if label in tables],
                        "split": "train (fit / stream cut of the train split; test unread)"},
             "conditions": tables, "recommended_share": chosen,
             "worst_drop_at_recommended": max(r["shares"][str(chosen)]["drop"] for r in rows)}

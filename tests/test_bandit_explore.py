@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.explore import ExploreEvalError, replay_share, run_explore
+from eval.explore import NEW_TASK, ExploreEvalError, replay_share, run_explore, summary_lines
 from policies.base import Policy, choose
 from policies.linucb import LinUCBPolicy
 from router.dataset import RoutingDataset
@@ -190,10 +190,19 @@ def test_run_explore_picks_a_share_of_the_grid_on_train_only():
     ds = RoutingDataset(prompts=[f"p{i}" for i in range(len(X))], models=MODELS,
                         quality=quality, cost=cost, tasks=tasks, name="line")
     r = run_explore(train=ds, X_train=X, shares=(0.0, 0.1), seeds=(0,), lams=[0.0],
-                    conditions=(("full", 1.0, {}), ("sparse", 0.3, {"alpha": 2.0})),
+                    conditions=(("full", 1.0, {}), ("sparse", 0.3, {"alpha": 2.0}),
+                                (NEW_TASK, 1.0, {})),
                     params={"alpha": 1.0, "reg": 1.0}, progress=False)
     assert r["recommended_share"] in (0.0, 0.1)
-    assert set(r["conditions"]) == {"full", "sparse"}
+    assert set(r["conditions"]) == {"full", "sparse", NEW_TASK}
+    assert "recommended share" in summary_lines(r)[-1]
+    # one task: no new-task condition to replay
+    single = RoutingDataset(prompts=ds.prompts, models=MODELS, quality=quality, cost=cost,
+                            tasks=["one"] * len(X), name="one task")
+    one = run_explore(train=single, X_train=X, shares=(0.1,),
+                      seeds=(0,), lams=[0.0], conditions=((NEW_TASK, 1.0, {}), ("full", 1, {})),
+                      progress=False)
+    assert set(one["conditions"]) == {"full"}
     for table in r["conditions"].values():
         row = table[0]
         assert row["shares"]["0.1"]["explored"] <= 0.1
