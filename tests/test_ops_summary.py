@@ -57,7 +57,7 @@ def test_a_named_reference_and_prices_fitted_from_the_records():
                + 2e-6 * 5 * (i % 3 + 1)) for i in range(6)]
     fitted = fit_prices(log)
     assert fitted["cheap"] == pytest.approx(PRICES["cheap"], rel=1e-6)
-    book = price_book(log, {"strong": PRICES["strong"]})
+    book = price_book(log, {"strong": PRICES["strong"]}, lookup=None)
     assert book.source == {"strong": "config", "cheap": "fitted to the records"}
     sv = summarize(log, book, reference="cheap")["savings"]
     assert sv["saved_usd"] == pytest.approx(0.0, abs=1e-12)

@@ -72,12 +72,26 @@ def fit_prices(records: Iterable[Mapping[str, Any]]) -> dict[str, Price]:
     return out
 
 
-def price_book(records: list[Mapping[str, Any]], configured: Mapping[str, Price] | None = None
-               ) -> PriceBook:
+def table_price(backend: str) -> Price | None:
+    """A backend name's per-token price in the catalogue (data/models.yaml) or litellm's table."""
+    from router.proxy.backends import catalogue_price, litellm_price
+
+    return catalogue_price(backend) or litellm_price(backend)
+
+
+def price_book(records: list[Mapping[str, Any]], configured: Mapping[str, Price] | None = None,
+               lookup: Any = table_price) -> PriceBook:
+    """Configured prices first, then the price tables by backend name, then a fit."""
     prices = dict(configured or {})
     source = {b: "config" for b in prices}
-    for b, p in fit_prices(records).items():
-        if b not in prices:
+    fitted = fit_prices(records)
+    for b, p in fitted.items():
+        if b in prices:
+            continue
+        found = lookup(b) if lookup is not None else None
+        if found is not None:
+            prices[b], source[b] = (float(found[0]), float(found[1])), "price table"
+        else:
             prices[b], source[b] = p, "fitted to the records"
     return PriceBook(prices, source)
 
