@@ -50,7 +50,10 @@ def add_ui_routes(app: FastAPI, gw: Any) -> None:
 
         app.add_api_route(path, serve, methods=["GET"], include_in_schema=False)
 
-    @app.get("/v1/router/summary")
+    from router.proxy.schemas import ErrorResponse
+
+    @app.get("/v1/router/summary",
+             responses={s: {"model": ErrorResponse} for s in (400, 401)})
     async def summary(request: Request,
                       window: float = Query(3600.0, gt=0, le=86400.0,
                                             description="seconds of history"),
