@@ -13,8 +13,11 @@ OpenAI-compatible server with a fixed latency), started once in its own process:
 * ``litellm-proxy``      LiteLLM's own proxy (``litellm --config``) on the same upstream, when
                          a ``litellm`` executable with the proxy extras is found
                          (``--litellm-bin``, ``$COSTROUTE_LITELLM_BIN``, or PATH).
-* ``costroute-minilm``   (``--minilm``) ``router-auto`` with all-MiniLM-L6-v2 and unique
-                         prompts (every request runs the encoder, micro-batched).
+* ``costroute-static``   ``router-auto`` with the static encoder backend (all-MiniLM-L6-v2
+                         distilled into a static model, router.static_encoder) + kNN, unique
+                         prompts: the encoder runs inline on every request.
+* ``costroute-minilm``   (``--minilm``) ``router-auto`` with all-MiniLM-L6-v2 (int8 ONNX) and
+                         unique prompts (every request runs the encoder, micro-batched).
 * ``costroute-cascade``  (``--cascade``) ``router-cascade-100``: a cascade ``A+B>=2 -> C``
                          whose two first-stage backends agree (two concurrent calls, one
                          stage: compare with ``direct``);
@@ -265,12 +268,13 @@ def cascade_config(tmp: Path, up_base: str, artifact: Path, agree: bool) -> Path
     return path
 
 
-def minilm_artifact(tmp: Path) -> Path:
-    """A kNN policy over all-MiniLM-L6-v2 embeddings of a few synthetic prompts."""
+def minilm_artifact(tmp: Path, backend: str = "torch") -> Path:
+    """A kNN policy over all-MiniLM-L6-v2 embeddings (``backend``: torch, served as int8
+    ONNX; ``static``: the distilled static model) of a few synthetic prompts."""
     from policies import make_policy
     from router.encoder import Encoder
 
-    enc = Encoder()
+    enc = Encoder(backend=backend)
     texts = [f"What is {a} plus {b}?" for a in range(20) for b in range(3)] + [
         f"Write a short poem about topic number {i}." for i in range(60)]
     X = enc.encode(texts)
@@ -278,7 +282,7 @@ def minilm_artifact(tmp: Path) -> Path:
     q[60:, 0] = 0
     pol = make_policy("knn", k=5, alpha=1.0, temperature=0.1)
     pol.fit(X, q, np.tile([0.001, 0.01], (120, 1)), ["cheap", "strong"])
-    return pol.save(tmp / "minilm-artifact", meta={"encoder": enc.config()})
+    return pol.save(tmp / f"minilm-{backend}-artifact", meta={"encoder": enc.config()})
 
 
 def main() -> None:
@@ -288,8 +292,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--latency-ms", type=float, default=20.0, help="upstream latency")
     p.add_argument("--max-seconds", type=float, default=120.0, help="cap per phase")
-    p.add_argument("--targets", default="direct,costroute,costroute-auto,costroute-litellm,"
-                                        "litellm-proxy")
+    p.add_argument("--targets", default="direct,costroute,costroute-auto,costroute-static,"
+                                        "costroute-litellm,litellm-proxy")
     p.add_argument("--minilm", action="store_true", help="add costroute-minilm")
     p.add_argument("--cascade", action="store_true",
                    help="add costroute-cascade and costroute-cascade-escalate")
@@ -329,8 +333,9 @@ def main() -> None:
                     fast = target != "costroute-litellm"
                     artifact = {"costroute-auto": art, "costroute": art,
                                 "costroute-litellm": art}.get(target)
-                    if target == "costroute-minilm":
-                        artifact = minilm_artifact(tmp)
+                    if target in ("costroute-minilm", "costroute-static"):
+                        artifact = minilm_artifact(
+                            tmp, "static" if target == "costroute-static" else "torch")
                         unique = True
                     cfg = gateway_config(tmp, up_base, fast, artifact)
                     if target.startswith("costroute-cascade"):
@@ -342,7 +347,7 @@ def main() -> None:
                                  tmp / f"{target}.log")
                     wait_http(f"http://127.0.0.1:{port}/ready", proc=proc)
                     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                    if target in ("costroute-auto", "costroute-minilm"):
+                    if target in ("costroute-auto", "costroute-minilm", "costroute-static"):
                         model = "router-auto"
                         unique = True  # every request embeds a new prompt (no LRU hits)
                 elif target == "litellm-proxy":
