@@ -75,6 +75,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also replay the online (bandit) policies over the test stream (eval.online)",
     )
     parser.add_argument(
+        "--scenario", action="append", default=[], metavar="NAME[:K=V,...]",
+        help="with --online: also replay a drift scenario (stationary, degrade, price, swap, "
+        "new-task; 'all' for every one; repeatable): the world changes halfway "
+        "(eval/scenarios.py, eval/drift.py)",
+    )
+    parser.add_argument(
         "--auto-rewards", action="store_true",
         help="with --online: also replay a bandit that learns from cascade agreement labels "
         "alone, no feedback (eval/online_auto.py; needs recorded responses)",
@@ -90,6 +96,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="native threads (BLAS, OpenMP, torch) while training, sweeping and scoring; "
         "0 leaves the libraries' defaults (default 1: the policies' work is small, and "
         "more threads mostly wait on each other; the encoder is not capped)",
+    )
+    parser.add_argument(
+        "--leave-one-task-out", action="store_true",
+        help="for each task, train on the other tasks' train rows and test on its test rows; "
+        "each learned policy against best-single (chosen on the training tasks), per task "
+        "and on the mean (eval/loto.py)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG files")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,6 +151,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
     if not 0 < args.test_fraction < 1:
         raise CLIError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    if getattr(args, "scenario", None) and not args.online:
+        raise CLIError("--scenario replays the online bandit: give --online too")
     if getattr(args, "auto_rewards", False) and not args.online:
         raise CLIError("--auto-rewards replays the online bandit: give --online too")
     for art in args.artifact:
@@ -172,6 +186,8 @@ def _run(args: argparse.Namespace) -> int:
     if any(s.artifact is None for s in all_specs) and len(ctx.train) == 0:
         raise CLIError(f"{ctx.train.name}: the train split is empty")
 
+    if getattr(args, "leave_one_task_out", False):
+        return _run_loto(ctx, specs, artifacts, t_start)
     evaluation = H.Evaluation(ctx.test, ctx.lams, weak=args.weak, strong=args.strong)
     _embed(ctx, specs, [p for _, p in artifacts])
 
@@ -200,6 +216,11 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"--online: {exc}") from None
         for line in getattr(online, "summary_lines", lambda _r: [])(results["online"]):
             print(line)
+        if getattr(args, "scenario", None):  # drift scenarios (eval/drift.py)
+            try:
+                results["online_scenarios"] = online.run_scenarios(ctx, args.scenario)
+            except online.OnlineEvalError as exc:
+                raise CLIError(f"--scenario: {exc}") from None
         if getattr(args, "auto_rewards", False):
             from eval import online_auto
 
@@ -229,6 +250,36 @@ def _run(args: argparse.Namespace) -> int:
     for line in summary_lines(results):
         print(line)
     ctx.say(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} to {out}")
+    return 0
+
+
+def _run_loto(ctx: EvalContext, specs, artifacts, t_start: float) -> int:
+    """`--leave-one-task-out`: eval.loto over every task; results.json and report.md."""
+    from eval.loto import LotoError, render_loto, run_loto
+    from router.cli import CLIError
+    from router.threads import native_threads, preload
+
+    if artifacts:
+        raise CLIError("--leave-one-task-out trains every policy per left-out task; it "
+                       "cannot evaluate --artifact directories")
+    if ctx.args.online:
+        raise CLIError("--leave-one-task-out does not combine with --online")
+    _embed(ctx, specs, [])
+    if ctx.X_train is not None:
+        preload()
+    try:
+        with native_threads(ctx.args.threads):
+            results = run_loto(ctx, specs, say=ctx.say)
+    except LotoError as exc:
+        raise CLIError(f"{ctx.train.name}: {exc}") from None
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    (ctx.out / "report.md").write_text(render_loto(results))
+    ctx.timings["total_s"] = time.perf_counter() - t_start
+    results["timings"] = {k: round(v, 3) for k, v in ctx.timings.items()}
+    (ctx.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    for line in render_loto(results, summary=True).splitlines():
+        print(line)
+    ctx.say(f"wrote report.md, results.json to {ctx.out}")
     return 0
 
 
@@ -387,6 +438,20 @@ def _placeholder(n: int, dim: int) -> np.ndarray:
     return np.zeros((n, dim), dtype=np.float32)
 
 
+def _own_test_X(ctx: EvalContext, policy) -> np.ndarray | None:
+    """Test embeddings from a fitted policy's own encoder (eval.own_encoder), or None."""
+    from eval.own_encoder import own_embeddings
+    from router.encoder import EncoderError
+
+    try:
+        return own_embeddings(policy, ctx.test.prompts, ctx.args.cache_dir,
+                              progress=not ctx.args.quiet, say=ctx.say)
+    except EncoderError as exc:
+        from router.cli import CLIError
+
+        raise CLIError(f"{policy.name}: its own encoder: {exc}") from None
+
+
 def _train_and_sweep(ctx: EvalContext, evaluation, specs, artifacts) -> None:
     from eval import harness as H
     from policies import get_policy_class
@@ -419,7 +484,14 @@ def _train_and_sweep(ctx: EvalContext, evaluation, specs, artifacts) -> None:
             if not H.needs_embeddings(type(policy)):
                 X_test = _placeholder(len(ctx.test), policy.dim_)
             else:
-                X_test = ctx.artifact_X.get(id(policy), ctx.X_test)
+                X_test = ctx.artifact_X.get(id(policy))
+                if X_test is None and loaded is None:  # e.g. a routerdc fine-tuned just now
+                    t0 = time.perf_counter()
+                    X_test = _own_test_X(ctx, policy)
+                    if X_test is not None:
+                        timings["embed_own_s"] = time.perf_counter() - t0
+                if X_test is None:
+                    X_test = ctx.X_test
             columns = H.model_map(policy, evaluation.models, spec.label)
             outcomes, extra = None, {}
             if spec.name in H.ANSWER_AWARE:  # replayed over the recorded responses

@@ -402,6 +402,8 @@ class Evaluation:
         counts = M.bootstrap_counts(len(self.test), n_boot, seed)
         budgets = fixed_costs(self.ref.c_min, self.ref.c_max)
         boot_ref = self._bootstrap_reference(counts)
+        boot_ref["top"] = self._cost_top(counts)
+        top = self._cost_top()
         boot_hulls: dict[str, list[np.ndarray]] = {}
         out: dict[str, Any] = {}
         for res in self.results:
@@ -416,6 +418,7 @@ class Evaluation:
                 "params": res.params,
                 "source": res.source,
                 "aiq": s["aiq"],
+                "aiq_routerbench": M.aiq_routerbench(s["hull"], float(top[0])),
                 "curve": [
                     {"lam": float(lam), "cost": float(c), "quality": float(q),
                      "strong_share": float(f)}
@@ -436,7 +439,7 @@ class Evaluation:
             boot_hulls[res.label] = []
             entry.update(self._bootstrap(qsel, csel, counts, boot_ref, budgets, entry,
                                          boot_hulls[res.label]))
-            entry["per_task"] = self._per_task(qsel, csel)
+            entry["per_task"] = self._per_task(qsel, csel, top[1:])
             entry["learned"] = res.name not in BASELINE_POLICIES
             entry["timings"] = res.timings
             entry["answer_aware"] = res.name in ANSWER_AWARE
@@ -493,15 +496,34 @@ class Evaluation:
                 boot_hulls[label], boot_hulls[base], level=CI_LEVEL,
             )
 
-    def _per_task(self, qsel: np.ndarray, csel: np.ndarray) -> dict[str, Any]:
+    def _cost_top(self, counts: np.ndarray | None = None) -> np.ndarray:
+        """The largest cost of all curves and single models (RouterBench's AIQ range):
+        (1 + t,) overall then per task; with bootstrap ``counts`` (B, n), (B,) overall."""
+        if counts is not None:
+            n = len(self.test)
+            tops = [(counts @ self.cost / n).max(axis=1)]
+            tops += [(counts @ self.selected(r)[1].T / n).max(axis=1)
+                     for r in self.results]
+            return np.max(tops, axis=0)
+        groups = [np.ones(len(self.test), dtype=bool)]
+        groups += [self.tasks == t for t in self.task_names]
+        costs = [self.selected(r)[1] for r in self.results]
+        return np.array([max([float(self.cost[g].mean(axis=0).max())]
+                             + [float(c[:, g].mean(axis=1).max()) for c in costs])
+                         for g in groups])
+
+    def _per_task(self, qsel: np.ndarray, csel: np.ndarray,
+                  tops: np.ndarray | None = None) -> dict[str, Any]:
         per: dict[str, Any] = {}
-        for t in self.task_names:
+        for i, t in enumerate(self.task_names):
             rows = self.tasks == t
             ref = self.task_refs[t]
             s = score_curve(csel[:, rows].mean(axis=1), qsel[:, rows].mean(axis=1), ref)
+            top = ref.c_max if tops is None else float(tops[i])
             per[t] = {
                 "n": int(rows.sum()),
                 "aiq": s["aiq"],
+                "aiq_routerbench": M.aiq_routerbench(s["hull"], top),
                 "max_quality": s["max_quality"],
                 "cost_at_max_quality": s["cost_at_max_quality"],
                 "cost_at_best_single_quality": s["cost_at_best_single_quality"],
@@ -529,13 +551,15 @@ class Evaluation:
         policy, so differences between policies are paired). Each resample's hull is
         appended to ``hulls`` when given."""
         if counts.shape[0] == 0:
-            return {"aiq_ci": None, "max_quality_ci": None, "apgr_ci": None}
+            return {"aiq_ci": None, "aiq_routerbench_ci": None, "max_quality_ci": None,
+                    "apgr_ci": None}
         n = len(self.test)
         cb, qb = counts @ csel.T / n, counts @ qsel.T / n  # (B, L)
         mq, mc = boot_ref["mq"], boot_ref["mc"]
         w, s = self.ref.weak, self.ref.strong
         n_boot = counts.shape[0]
         aiq = np.empty(n_boot)
+        aiq_rb = np.full(n_boot, np.nan)
         maxq = np.empty(n_boot)
         apgr = np.full(n_boot, np.nan)
         qac = np.full((n_boot, len(budgets)), np.nan)
@@ -544,6 +568,8 @@ class Evaluation:
             if hulls is not None:
                 hulls.append(hull)
             aiq[b] = M.aiq(hull, float(mc[b].min()), float(mc[b].max()))
+            if "top" in boot_ref:
+                aiq_rb[b] = M.aiq_routerbench(hull, float(boot_ref["top"][b]))
             maxq[b] = hull[-1, 1]
             value, _ = M.apgr(
                 hull, M.Anchor(mc[b, w], mq[b, w]), M.Anchor(mc[b, s], mq[b, s])
@@ -558,6 +584,7 @@ class Evaluation:
             item["ci"] = None if item["quality"] is None else M.percentile_ci(qac[:, k], CI_LEVEL)
         return {
             "aiq_ci": M.percentile_ci(aiq, CI_LEVEL),
+            "aiq_routerbench_ci": M.percentile_ci(aiq_rb, CI_LEVEL),
             "max_quality_ci": M.percentile_ci(maxq, CI_LEVEL),
             "apgr_ci": None if point["apgr"] is None else M.percentile_ci(apgr, CI_LEVEL),
         }
@@ -565,10 +592,12 @@ class Evaluation:
     # ---- references ---------------------------------------------------------------------
     def reference_json(self) -> dict[str, Any]:
         """Every single model's and the oracle's cost and quality, overall and per task,
-        plus the single-model hull ("zero router") and its AIQ."""
+        plus the single-model hull ("zero router") and its AIQ (both conventions)."""
+        top = self._cost_top()
         return {
-            **_reference_dict(self.ref),
-            "per_task": {t: _reference_dict(r) for t, r in self.task_refs.items()},
+            **_reference_dict(self.ref, float(top[0])),
+            "per_task": {t: _reference_dict(r, float(top[1 + i]))
+                         for i, (t, r) in enumerate(self.task_refs.items())},
         }
 
 
@@ -576,7 +605,7 @@ def _hull_array(points: list[dict[str, float]]) -> np.ndarray:
     return np.array([[p["cost"], p["quality"]] for p in points], dtype=np.float64)
 
 
-def _reference_dict(ref: Reference) -> dict[str, Any]:
+def _reference_dict(ref: Reference, top: float | None = None) -> dict[str, Any]:
     hull = M.pareto_hull(ref.model_cost, ref.model_quality)
     why = M.gap_defined(ref.weak_anchor, ref.strong_anchor)
     return {
@@ -593,6 +622,8 @@ def _reference_dict(ref: Reference) -> dict[str, Any]:
         "cost_range": [ref.c_min, ref.c_max],
         "zero_router": {
             "aiq": M.aiq(hull, ref.c_min, ref.c_max),
+            "aiq_routerbench": M.aiq_routerbench(hull, ref.c_max if top is None else top),
             "hull": [{"cost": float(c), "quality": float(q)} for c, q in hull],
         },
+        "aiq_routerbench_cost_top": ref.c_max if top is None else top,
     }

@@ -5,7 +5,9 @@ points, cost being the mean USD per query and quality the mean quality per query
 
 * :func:`pareto_hull` - RouterBench's non-decreasing convex hull of those points;
 * :func:`aiq` - RouterBench's Average Improvement in Quality: area under the hull over a
-  cost range, divided by the range;
+  cost range, divided by the range (ours: the single models' range);
+* :func:`aiq_routerbench` - AIQ as RouterBench's own evaluation code computes it (from the
+  hull's cheapest point to the largest cost of all curves, divided by that cost);
 * :func:`apgr` / :func:`cpt` - RouteLLM's Average Performance Gap Recovered and Call
   (cost) Percentage Threshold, on a cost axis normalised between a weak and a strong model;
 * :func:`cost_to_reach`, :func:`quality_at_cost` - read the hull at a quality or a cost;
@@ -95,6 +97,24 @@ def aiq(hull: np.ndarray, c_min: float, c_max: float) -> float:
     if c_max - c_min <= _EPS * max(1.0, abs(c_max)):
         return float(hull_value(hull, c_min))
     return area_under_hull(hull, c_min, c_max) / (c_max - c_min)
+
+
+def aiq_routerbench(hull: np.ndarray, c_top: float) -> float:
+    """AIQ as in RouterBench's published evaluation code (``evaluation/AIQ.py``).
+
+    The hull is integrated from its own cheapest point to ``c_top``, the largest cost of
+    all curves (and single models) of the evaluation, flat after its last point, and the
+    area is divided by ``c_top``: the stretch from cost 0 to the hull's cheapest point
+    counts as quality 0. :func:`aiq` instead averages over the single models' cost range
+    ``[c_min, c_max]``, so the two differ by the (0, c_min) stretch and by ``c_top`` versus
+    ``c_max``. Use this one to set figures beside published RouterBench numbers. A zero
+    ``c_top`` (free models) gives the hull's value there.
+    """
+    if c_top <= _EPS:
+        return float(hull_value(hull, c_top))
+    if c_top < hull[0, 0] - _EPS * max(1.0, abs(c_top)):
+        raise ValueError(f"c_top {c_top} is below the hull's cheapest point {hull[0, 0]}")
+    return area_under_hull(hull, float(hull[0, 0]), c_top) / c_top
 
 
 def cost_to_reach(hull: np.ndarray, target: float) -> float | None:

@@ -46,7 +46,7 @@ def main_table(results: dict[str, Any]) -> list[str]:
     header = [
         "policy", "AIQ [95% CI]", "max quality @ $/1k",
         f"$/1k to match best single ({best}, {best_q:.3f})", "APGR [95% CI]",
-        "CPT(50%)", "CPT(80%)",
+        "CPT(50%)", "CPT(80%)", "AIQ RouterBench-style [95% CI]",
     ]
     rows = []
     for label, p in _ranked(results["policies"]):
@@ -58,8 +58,14 @@ def main_table(results: dict[str, Any]) -> list[str]:
             "n/a" if p["apgr"] is None else f"{p['apgr']:.3f}{_ci(p.get('apgr_ci'))}",
             "n/a" if p["apgr"] is None else _pct(p["cpt50"]),
             "n/a" if p["apgr"] is None else _pct(p["cpt80"]),
+            _aiq_rb(p),
         ])
     return _table(header, rows)
+
+
+def _aiq_rb(p: dict[str, Any]) -> str:
+    value = p.get("aiq_routerbench")
+    return "-" if value is None else f"{value:.3f}{_ci(p.get('aiq_routerbench_ci'))}"
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
@@ -162,13 +168,14 @@ def task_tables(results: dict[str, Any]) -> list[str]:
         for label, p in ranked:
             t = p["per_task"][task]
             rows.append([
-                label, f"{t['aiq']:.3f}",
+                label, f"{t['aiq']:.3f}", _q(t.get("aiq_routerbench")),
                 f"{t['max_quality']:.3f} @ {per_1k(t['cost_at_max_quality'])}",
                 per_1k(t["cost_at_best_single_quality"]),
                 "n/a" if t["apgr"] is None else f"{t['apgr']:.3f}",
             ])
         lines += _table(
-            ["policy", "AIQ", "max quality @ $/1k", f"$/1k to match {best}", "APGR"], rows
+            ["policy", "AIQ", "AIQ RB-style", "max quality @ $/1k", f"$/1k to match {best}",
+             "APGR"], rows
         )
     return lines
 
@@ -211,7 +218,12 @@ def render(results: dict[str, Any]) -> str:
         f"AIQ: area under the non-decreasing convex hull of the (cost, quality) curve over "
         f"[${per_1k(ref['cost_range'][0])}, ${per_1k(ref['cost_range'][1])}]/1k (cheapest to "
         f"dearest single model) divided by that range; the single-model hull ('zero router') "
-        f"scores {ref['zero_router']['aiq']:.3f}. CPT: cost-equivalent share of strong-model "
+        f"scores {ref['zero_router']['aiq']:.3f}. AIQ RouterBench-style: as RouterBench's own "
+        f"evaluation code computes it, the hull integrated from its cheapest point to the "
+        f"largest cost of all curves (${per_1k(ref.get('aiq_routerbench_cost_top'))}/1k) and "
+        f"divided by that cost, so the stretch from 0 to the hull's cheapest point counts as 0 "
+        f"(compare this one with published RouterBench figures; zero router "
+        f"{_q(ref['zero_router'].get('aiq_routerbench'))}). CPT: cost-equivalent share of strong-model "
         f"calls needed to recover 50%/80% of the weak-strong gap. Definitions: eval/README.md.",
         "",
         *baseline_section(results),

@@ -16,12 +16,21 @@ estimates ``quality = prior + shrunk residual``:
   held-out rows thus falls back toward the prior instead of chasing it.
 
 Costs are blended the same way (:func:`pick_cost`), by relative squared error.
+
+Far from the training data the inferred task is a guess: :class:`TaskPrior` also carries
+a distance-aware backoff (:mod:`policies._backoff`) that moves the anchored estimate
+toward the *global* prior (the best single model at each lam) as the query's familiarity
+(:mod:`policies._distance`) falls, with a weight fitted by leaving training tasks out.
+:meth:`TaskPrior.anchor` gives the whole estimate (prior, shrunk residual, backoff);
+:meth:`TaskPrior.query` the backed-off prior alone.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from policies._backoff import Backoff, fit_backoff
+from policies._distance import FAMILIARITY_K, Familiarity
 from policies._priors import TaskTable, fill_cost
 from policies.base import PolicyError, best_cheapest
 
@@ -46,53 +55,105 @@ def task_vote(neighbour_codes: np.ndarray, n_tasks: int, k: int = TASK_VOTE_K) -
 
 class TaskPrior:
     """Inferred-task means for query embeddings: a hard vote of the ``k`` nearest training
-    prompts (cosine) picks the task; its train mean quality and cost are the prior."""
+    prompts (cosine) picks the task; its train mean quality and cost are the prior. The
+    same search gives the query's familiarity, which sets the backoff toward the global
+    means (``backoff``; None or inactive: none)."""
 
     def __init__(self, X: np.ndarray, codes: np.ndarray, table: TaskTable,
-                 k: int = TASK_VOTE_K) -> None:
-        self.X = _unit(X)
+                 k: int = TASK_VOTE_K, backoff: Backoff | None = None,
+                 familiarity_reference: np.ndarray | None = None) -> None:
+        # the familiarity owns the vectors and the index (router.index.VectorIndex)
+        self.familiarity = Familiarity(X, FAMILIARITY_K, familiarity_reference)
         self.codes = np.asarray(codes, dtype=np.int64)
         self.table = table
         self.k = int(k)
-        self._index = None  # router.index.VectorIndex over X, built at the first query
+        self.backoff = backoff
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.familiarity.X
 
     def _search(self, Xq: np.ndarray, k: int) -> np.ndarray:
-        """Ids (n, k) of each query's nearest training prompts, best first (the project's
-        FAISS index: exact while small, HNSW at scale, so serving stays fast)."""
-        if self._index is None:
-            from router.index import VectorIndex
-
-            index = VectorIndex(self.X.shape[1], kind="auto")
-            index.add(self.X)
-            if index.vectors_are_view:  # keep one copy of the vectors: the index's
-                self.X = index.stored_vectors()
-            self._index = index
-        return np.asarray(self._index.search(Xq, k)[1])
+        """Ids (n, k) of each query's nearest training prompts, best first."""
+        return self.familiarity.search(Xq, k)[1]
 
     @classmethod
-    def fit(cls, X, codes, names, quality, cost, k: int = TASK_VOTE_K) -> TaskPrior:
-        return cls(X, codes, TaskTable.fit(quality, fill_cost(cost), codes, names), k)
+    def fit(cls, X, codes, names, quality, cost, k: int = TASK_VOTE_K,
+            backoff: bool = True) -> TaskPrior:
+        """The anchor; ``backoff`` also fits the distance-aware backoff by leaving tasks out
+        (off for the anchors of held-out folds, which are only queried in distribution)."""
+        cost = fill_cost(cost)
+        prior = cls(X, codes, TaskTable.fit(quality, cost, codes, names), k)
+        if backoff:
+            prior.backoff = fit_backoff(prior.X, prior.codes, names, quality, cost, k)
+        return prior
 
-    def query(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(prior quality, prior cost), each (n, m)."""
+    def task_means(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prior quality, prior cost) of the inferred task, each (n, m), before any
+        backoff, and the familiarity (n,) of each query."""
         Xq = _unit(Xq)
         if len(Xq) == 0:
-            post = np.zeros((0, len(self.table.names)))
-        else:
-            k = min(self.k, len(self.X))
-            ids = self._search(Xq, k)
-            post = task_vote(np.where(ids >= 0, self.codes[np.maximum(ids, 0)], -1),
-                             len(self.table.names), k)
-        return post @ self.table.quality, post @ self.table.cost
+            m = self.table.quality.shape[1]
+            return np.zeros((0, m)), np.zeros((0, m)), np.zeros(0)
+        k = min(self.k, len(self.X))
+        sims, ids = self.familiarity.search(Xq, max(k, self.familiarity.k))
+        post = task_vote(np.where(ids >= 0, self.codes[np.maximum(ids, 0)], -1),
+                         len(self.table.names), k)
+        fam = self.familiarity.from_similarities(sims)
+        return post @ self.table.quality, post @ self.table.cost, fam
+
+    def weight(self, familiarity: np.ndarray) -> np.ndarray:
+        """(n,) weight of the anchored estimate against the global prior (1: no backoff)."""
+        if self.backoff is None:
+            return np.ones(np.shape(familiarity))
+        return self.backoff.weight(familiarity)
+
+    def query(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(prior quality, prior cost), each (n, m), backed off toward the global means."""
+        pq, pc, fam = self.task_means(Xq)
+        if self.backoff is None:
+            return pq, pc
+        return self.backoff.apply(pq, pc, self.weight(fam))
+
+    def anchor(self, Xq, raw_q, raw_c, shrink: float, cost_shrink: float):
+        """The anchored estimate (quality, cost), each (n, m): the inferred task's means
+        moved toward the raw estimates by the shrinkages (:func:`blend`,
+        :func:`blend_cost`), then backed off toward the global means by familiarity.
+        Columns past the anchor's models (added later) pass through unchanged."""
+        pq, pc, fam = self.task_means(Xq)
+        m = pq.shape[1]
+        q = np.array(raw_q, dtype=np.float64)
+        c = np.array(raw_c, dtype=np.float64)
+        q[:, :m] = blend(pq, q[:, :m], shrink)
+        c[:, :m] = blend_cost(pc, c[:, :m], cost_shrink)
+        if self.backoff is None:
+            return q, c
+        return self.backoff.apply(q, c, self.weight(fam))
 
     def arrays(self, prefix: str = "anchor_") -> dict[str, np.ndarray]:
-        return {f"{prefix}X": self.X, f"{prefix}codes": self.codes,
-                **self.table.arrays(f"{prefix}task_")}
+        out = {f"{prefix}X": self.X, f"{prefix}codes": self.codes,
+               **self.table.arrays(f"{prefix}task_")}
+        if self.backoff is not None:
+            out |= self.backoff.arrays(f"{prefix}backoff_")
+            out |= self.familiarity.arrays(f"{prefix}familiarity_", vectors=False)
+        return out
+
+    def meta(self) -> dict:
+        return {} if self.backoff is None else self.backoff.meta()
 
     @classmethod
-    def from_arrays(cls, arrays, names, prefix: str = "anchor_") -> TaskPrior:
-        return cls(arrays[f"{prefix}X"], arrays[f"{prefix}codes"],
-                   TaskTable.from_arrays(arrays, list(names), f"{prefix}task_"))
+    def from_arrays(cls, arrays, names, prefix: str = "anchor_",
+                    backoff_meta: dict | None = None) -> TaskPrior:
+        """Restore :meth:`arrays`; artifacts saved before the backoff existed get none."""
+        table = TaskTable.from_arrays(arrays, list(names), f"{prefix}task_")
+        backoff, reference = None, None
+        if f"{prefix}backoff_ab" in arrays:
+            meta = dict(backoff_meta or {})
+            backoff = Backoff.from_arrays(arrays, f"{prefix}backoff_",
+                                          str(meta.pop("fitted", "loaded")), meta)
+            reference = arrays[f"{prefix}familiarity_reference"]
+        return cls(arrays[f"{prefix}X"], arrays[f"{prefix}codes"], table,
+                   backoff=backoff, familiarity_reference=reference)
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
@@ -209,12 +270,14 @@ def pick_anchor(shrink, cost_shrink, prior_q, raw_q, prior_c, raw_c, quality, co
 def anchor_meta(policy) -> dict:
     """The fitted anchor's JSON state (with the arrays of ``policy.anchor_.arrays()``)."""
     return {"tasks": policy.anchor_.table.names, "shrink": policy.shrink_,
-            "cost_shrink": policy.cost_shrink_, "shrink_utility": policy.shrink_utility_}
+            "cost_shrink": policy.cost_shrink_, "shrink_utility": policy.shrink_utility_,
+            "backoff": policy.anchor_.meta()}
 
 
 def set_anchor_state(policy, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Restore what :func:`anchor_meta` and ``TaskPrior.arrays`` saved (KeyError if absent)."""
-    policy.anchor_ = TaskPrior.from_arrays(arrays, meta["tasks"])
+    policy.anchor_ = TaskPrior.from_arrays(arrays, meta["tasks"],
+                                           backoff_meta=meta.get("backoff"))
     policy.shrink_ = float(meta["shrink"])
     policy.cost_shrink_ = float(meta["cost_shrink"])
     policy.shrink_utility_ = list(meta.get("shrink_utility", []))

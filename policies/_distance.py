@@ -37,8 +37,7 @@ class Familiarity:
         self.X = X
         self.k = int(k)
         self._index = None  # router.index.VectorIndex over X, built at the first search
-        self.reference = (self._reference() if reference is None
-                          else np.asarray(reference, dtype=np.float64))
+        self._reference = None if reference is None else np.asarray(reference, np.float64)
 
     @classmethod
     def fit(cls, X: np.ndarray, k: int = FAMILIARITY_K) -> Familiarity:
@@ -97,11 +96,17 @@ class Familiarity:
         return np.interp(np.asarray(scores, dtype=np.float64), ref,
                          np.linspace(0.0, 1.0, len(ref)))
 
-    def _reference(self) -> np.ndarray:
-        if len(self.X) < 2:
-            return np.zeros(REFERENCE_POINTS)
-        own = self.score(self.X, exclude_self=True)
-        return np.quantile(own, np.linspace(0.0, 1.0, REFERENCE_POINTS))
+    @property
+    def reference(self) -> np.ndarray:
+        """Quantiles of the training rows' leave-self-out scores (computed when first
+        needed: one search of the training rows against themselves)."""
+        if self._reference is None:
+            if len(self.X) < 2:
+                self._reference = np.zeros(REFERENCE_POINTS)
+            else:
+                own = self.score(self.X, exclude_self=True)
+                self._reference = np.quantile(own, np.linspace(0.0, 1.0, REFERENCE_POINTS))
+        return self._reference
 
     # ---- state ------------------------------------------------------------------------
     def arrays(self, prefix: str = "familiarity_", vectors: bool = True) -> dict[str, np.ndarray]:

@@ -340,6 +340,12 @@ class Policy:
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Restore what :meth:`_get_state` returned."""
 
+    def own_encoder(self) -> dict[str, Any] | None:
+        """The config (as ``Encoder.config()``) of the encoder this policy embeds with when it
+        brought its own (e.g. fine-tuned it while fitting): ``predict`` then expects that
+        encoder's embeddings and callers must embed queries with it. None: the caller's."""
+        return None
+
     def _save_files(self, path: Path) -> None:
         """Write files of the artifact other than arrays.npz (before it and config.json)."""
 

@@ -48,8 +48,6 @@ import torch
 from policies._anchor import (
     TaskPrior,
     anchor_meta,
-    blend,
-    blend_cost,
     check_shrink,
     pick_anchor,
     set_anchor_state,
@@ -268,7 +266,8 @@ class CSCRPolicy(Policy):
                 oof["sim"][held], oof["prior"][held], oof["cost"][held] = core.features(X[held])
                 oof["lc"][held] = core.scaled_log_cost()[None, :]
                 oof["anchor_q"][held], oof["anchor_c"][held] = TaskPrior.fit(
-                    X[rest], codes[rest], names, quality[rest], cost[rest]).query(X[held])
+                    X[rest], codes[rest], names, quality[rest], cost[rest],
+                    backoff=False).query(X[held])
             obs = ~np.isnan(quality)
             feats = np.column_stack([np.ones(obs.sum()), oof["sim"][obs],
                                      logit(oof["prior"][obs]), oof["lc"][obs]])
@@ -440,10 +439,7 @@ class CSCRPolicy(Policy):
         sims, prior, cost = self.core_.features(X)
         q = self._calibrated(sims, prior, self.core_.scaled_log_cost()[None, :])
         # anchor the trained pool on the inferred task's means; added models have none
-        m = self.n_trained_models_
-        prior_q, prior_c = self.anchor_.query(X)
-        q[:, :m] = blend(prior_q, q[:, :m], self.shrink_)
-        cost[:, :m] = blend_cost(prior_c, cost[:, :m], self.cost_shrink_)
+        q, cost = self.anchor_.anchor(X, q, cost, self.shrink_, self.cost_shrink_)
         return Estimate(quality=q, cost=cost)
 
     def group_labels(self, X: np.ndarray) -> np.ndarray:

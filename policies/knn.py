@@ -24,8 +24,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from policies._anchor import TASK_VOTE_K, one_se, row_utility, task_vote
 from policies._anchor import lam_grid as anchor_lam_grid
-from policies._anchor import one_se, row_utility, task_vote
+from policies._backoff import Backoff, fit_backoff
+from policies._distance import FAMILIARITY_K, unit
 from policies._priors import (
     TaskTable,
     encode_tasks,
@@ -139,6 +141,9 @@ class KNNPolicy(Policy):
         self.alpha_ = float(alpha if alpha != "auto" else ALPHA_GRID[-1])
         self.temperature_ = float(temp) if temp != "auto" else TEMPERATURE_GRID[1]
         self._index = _build_index(self.X_, self.index_kind)
+        # far from the training data, back off toward the global means (policies._backoff)
+        self.backoff_ = fit_backoff(unit(X), codes, names, quality, cost, TASK_VOTE_K,
+                                    int(self.seed))
 
     def _tune(self, k, alpha, temp, quality, cost, codes, names):
         """Seeded k-fold CV over the grids of the ``"auto"`` parameters.
@@ -234,15 +239,33 @@ class KNNPolicy(Policy):
         return _Stats(num_q, den_q, shares @ table.quality, num_c, den_c, shares @ table.cost)
 
     def _predict(self, X, tasks, truth) -> Estimate:
-        k = min(self.k_, self.X_.shape[0])
+        n = self.X_.shape[0]
+        k = min(self.k_, n)
+        backoff = getattr(self, "backoff_", None)
         qs, cs = [], []
         for start in range(0, X.shape[0], PREDICT_CHUNK):
-            sims, ids = self._search(X[start : start + PREDICT_CHUNK], k)
-            st = self._stats(sims, ids, self.temperature_, self.quality_, self.cost_,
-                             self.codes_, self.table_)
-            qs.append(_combine(st.num_q, st.den_q, self.alpha_, st.prior_q))
-            cs.append(_combine(st.num_c, st.den_c, self.alpha_cost_, st.prior_c))
+            part = X[start : start + PREDICT_CHUNK]
+            sims, ids = self._search(part, max(k, min(FAMILIARITY_K, n)))
+            st = self._stats(sims[:, :k], ids[:, :k], self.temperature_, self.quality_,
+                             self.cost_, self.codes_, self.table_)
+            q = _combine(st.num_q, st.den_q, self.alpha_, st.prior_q)
+            c = _combine(st.num_c, st.den_c, self.alpha_cost_, st.prior_c)
+            if backoff is not None and backoff.active:
+                q, c = backoff.apply(q, c, backoff.weight(self._familiarity(part, sims, ids)))
+            qs.append(q)
+            cs.append(c)
         return Estimate(np.concatenate(qs), np.concatenate(cs))
+
+    def _familiarity(self, Xq: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Mean cosine similarity to the FAMILIARITY_K nearest train prompts (as
+        :class:`policies._distance.Familiarity`, from this search's inner products)."""
+        if getattr(self, "_norms", None) is None or len(self._norms) != self.X_.shape[0]:
+            self._norms = np.maximum(np.linalg.norm(self.X_, axis=1), 1e-12)
+        kf = min(FAMILIARITY_K, sims.shape[1])
+        qn = np.maximum(np.linalg.norm(np.asarray(Xq, np.float64), axis=1), 1e-12)
+        safe = np.maximum(ids[:, :kf], 0)
+        cos = sims[:, :kf] / (qn[:, None] * self._norms[safe])
+        return cos.mean(axis=1)
 
     def _search(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         sims, ids = self._index.search(np.ascontiguousarray(X, dtype=np.float32), k)
@@ -305,8 +328,10 @@ class KNNPolicy(Policy):
             "cost": self.cost_,
             "codes": self.codes_,
             **self.table_.arrays(),
+            **(self.backoff_.arrays() if self.backoff_ is not None else {}),
         }
         meta = {
+            "backoff": None if self.backoff_ is None else self.backoff_.meta(),
             "tasks": self.table_.names,
             "k": self.k_,
             "alpha": self.alpha_,
@@ -342,6 +367,10 @@ class KNNPolicy(Policy):
         except KeyError as exc:
             raise ArtifactError(f"knn: artifact lacks {exc}") from None
         self.cv_ = dict(meta.get("cv", {}))
+        # artifacts saved before the backoff existed have none
+        info = dict(meta.get("backoff") or {})
+        self.backoff_ = (Backoff.from_arrays(arrays, "backoff_", str(info.pop("fitted", "")),
+                                             info) if "backoff_ab" in arrays else None)
         if "X" in arrays:  # artifacts written before the index was persisted
             self.X_ = arrays["X"]
             self._index = _build_index(self.X_, self.index_kind)

@@ -74,7 +74,7 @@ class LinUCBPolicy(Policy):
     (per-update decay of the pulled arm's statistics, 1 = none), ``drift_threshold`` /
     ``drift_slack`` (CUSUM change detection on an arm's quality error, 0 = off),
     ``drift_shrink`` (what a detected change multiplies the arm's statistics by),
-    ``cost_threshold`` (the same on log cost). ``cold_weight``: a model without train
+    ``cost_threshold`` / ``cost_slack`` (the same on log cost). ``cold_weight``: a model without train
     outcomes starts as an average model with this many pseudo-outcomes per train row.
     """
 
@@ -95,6 +95,7 @@ class LinUCBPolicy(Policy):
         drift_slack: float = 0.1,
         drift_shrink: float = 0.05,
         cost_threshold: float = 0.0,
+        cost_slack: float = 0.5,
         cold_weight: float = 0.05,
     ) -> None:
         self.fallback = fallback
@@ -103,6 +104,7 @@ class LinUCBPolicy(Policy):
         self.drift_slack = drift_slack
         self.drift_shrink = drift_shrink
         self.cost_threshold = cost_threshold
+        self.cost_slack = cost_slack
         self.cold_weight = cold_weight
         self.alpha = alpha
         self.prior_weight = prior_weight
@@ -139,7 +141,8 @@ class LinUCBPolicy(Policy):
         try:
             return Forgetting(
                 discount=self.discount, threshold=self.drift_threshold, slack=self.drift_slack,
-                shrink=self.drift_shrink, cost_threshold=self.cost_threshold)
+                shrink=self.drift_shrink, cost_threshold=self.cost_threshold,
+                cost_slack=self.cost_slack)
         except BanditStoreError as exc:
             raise PolicyError(f"linucb: {exc}") from None
 

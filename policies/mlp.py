@@ -22,8 +22,6 @@ import numpy as np
 from policies._anchor import (
     TaskPrior,
     anchor_meta,
-    blend,
-    blend_cost,
     check_shrink,
     pick_anchor,
     set_anchor_state,
@@ -154,7 +152,8 @@ class MLPPolicy(Policy):
         val_cost = self._fit_cost(Z, cost, train, val)
         names, all_codes = encode_tasks(tasks, len(Z))
         # the anchor's shrinkage is picked on the validation rows, priors from train rows
-        held = TaskPrior.fit(X[train], all_codes[train], names, quality[train], cost[train])
+        held = TaskPrior.fit(X[train], all_codes[train], names, quality[train], cost[train],
+                             backoff=False)
         pq, pc = held.query(X[val])
         self.shrink_, self.cost_shrink_, self.shrink_utility_ = pick_anchor(
             self.shrink, self.cost_shrink, pq, self._network(Z[val]), pc, val_cost,
@@ -262,9 +261,8 @@ class MLPPolicy(Policy):
     def _predict(self, X, tasks, truth) -> Estimate:
         Z = ((X.astype(np.float64) - self.x_mean_) / self.x_scale_).astype(np.float32)
         c = self._clip_cost(Z.astype(np.float64) @ self.cost_W_ + self.cost_b_)
-        pq, pc = self.anchor_.query(X)
-        return Estimate(blend(pq, self._network(Z), self.shrink_),
-                        blend_cost(pc, c, self.cost_shrink_))
+        q, c = self.anchor_.anchor(X, self._network(Z), c, self.shrink_, self.cost_shrink_)
+        return Estimate(q, c)
 
     def _network(self, Z: np.ndarray) -> np.ndarray:
         """The network's raw quality estimates (n, m) for standardised embeddings."""

@@ -31,16 +31,34 @@ networks, the very networks whose out-of-fold similarities the calibrators were 
 (no extra training run); ``"final"`` trains one more network on all rows and uses it alone;
 ``"all"`` averages both. On the RouterBench subset the three were within noise.
 
-Encoder fine-tuning
--------------------
-The paper fine-tunes the whole text encoder (mDeBERTa) on a GPU. Here the policy sees
-embeddings only (the ``Policy`` interface), so the sentence-transformer stays frozen and
-only the head and the LLM embeddings train, on CPU in seconds to a couple of minutes.
-``finetune_encoder=True`` is reserved for a text-level trainer and is refused by ``fit``.
+Encoder fine-tuning (``finetune=True``, the published method; off by default)
+-----------------------------------------------------------------------------
+The paper fine-tunes the text encoder itself together with the LLM embeddings. With
+``finetune=True`` the policy does so (:mod:`policies._finetune`): the sentence-transformers
+model ``encoder`` (MiniLM by default, any model by name or path) reads the prompt texts
+(``fit(..., texts=...)``, which ``fit_dataset`` and the CLI pass) through ``text_view``, cut
+at ``max_seq_length`` tokens; its top ``train_layers`` layers and the LLM embeddings train
+with both losses for ``finetune_epochs`` (clusters: k-means on the frozen embeddings ``X``
+given to ``fit``, as the paper). The score of (query, LLM) is then the cosine of the
+fine-tuned query embedding with the LLM's embedding: no head. The encoder trains on a
+``1 - holdout`` share of the training rows (stratified by task); the calibrators and the
+anchor's shrinkage are fitted on the held-out rest, which the encoder never saw.
+
+A fine-tuned policy embeds with its own encoder: :meth:`RouterDCPolicy.own_encoder` gives
+its config, the artifact stores the model under ``encoder/`` and records it as the
+artifact's encoder, so ``router serve`` / ``route`` / ``eval`` embed queries with it
+(:mod:`router.encoder_select`: ONNX int8 where validated at save time, else ONNX fp32).
+``predict`` therefore expects embeddings *from the fine-tuned encoder*. ``finetune=False``
+(the default) keeps the frozen-encoder router (a head on the frozen sentence embedding,
+trained in seconds): on a validation quarter of the RouterBench-subset train split the
+fine-tuned encoder (2 top layers, 3 epochs) gained no within-task signal (AUC 0.489 vs
+0.491 on ARC, 0.401 vs 0.396 on MBPP) and tied the frozen router's AIQ (0.8690 vs 0.8689)
+after a 21-minute CPU fit on a loaded machine (benchmarks/bench_routerdc.py).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,8 +69,6 @@ from torch import nn
 from policies._anchor import (
     TaskPrior,
     anchor_meta,
-    blend,
-    blend_cost,
     check_shrink,
     pick_anchor,
     set_anchor_state,
@@ -78,17 +94,22 @@ from policies._priors import encode_tasks
 from policies.base import ArtifactError, Estimate, Policy, PolicyError, TrainData
 
 ENSEMBLES = ("folds", "final", "all")
+ENCODER_DIR = "encoder"  # the fine-tuned encoder's folder inside an artifact
+#: meta.encoder.model_name of a fine-tuned artifact: the folder above, relative to it
+ARTIFACT_ENCODER = "artifact:encoder"
+INT8_CHECK_TEXTS = 128  # training prompts the saved encoder's int8 export is measured on
 
 
 class _Net:
     """One trained RouterDC network: the query head and the LLM embeddings."""
 
-    def __init__(self, head: ResidualHead, llm: np.ndarray) -> None:
+    def __init__(self, head: ResidualHead | None, llm: np.ndarray) -> None:
         self.head = head
         self.llm = llm  # (m, e) unit rows
 
     def similarities(self, X: np.ndarray) -> np.ndarray:
-        return (embed(self.head, X) @ self.llm.T).astype(np.float64)
+        Z = X if self.head is None else embed(self.head, X)  # no head: a fine-tuned encoder
+        return (Z @ self.llm.T).astype(np.float64)
 
 
 class RouterDCPolicy(Policy):
@@ -110,7 +131,18 @@ class RouterDCPolicy(Policy):
     threads: torch threads while fitting (default 1: these small networks train fastest on
         one thread, more threads mostly wait on each other, badly so on a busy machine;
         None leaves torch's setting alone).
-    finetune_encoder: must stay False (see module doc).
+    finetune: fine-tune the encoder on the prompt texts (module doc); False = frozen encoder
+        with a head (``embed_dim``, ``hidden``, ``dropout``, ``epochs``, ``batch_size``,
+        ``lr``, ``weight_decay``, ``calib_folds``, ``ensemble`` apply to that mode only).
+    encoder, text_view, max_seq_length: the sentence-transformers model to fine-tune, the
+        prompt view it reads (:mod:`router.textview`) and its token limit.
+    train_layers: top transformer layers that train (0: the whole model).
+    finetune_epochs, finetune_batch_size, finetune_lr, llm_lr: the fine-tuning run (AdamW,
+        linear warm-up and decay; ``llm_lr`` for the new LLM embeddings).
+    holdout: share of the training rows kept out of fine-tuning for the calibrators.
+    device: where fine-tuning runs (None: CUDA when present, else CPU).
+    encoder_threads: torch threads while fine-tuning on CPU (None: the caller's setting,
+        e.g. ``router train --threads``).
     shrink, cost_shrink: how far the calibrated quality / the neighbours' cost move from the
         inferred task's train means (0 = task means, 1 = raw; :mod:`policies._anchor`), or
         ``"auto"``: picked on the out-of-fold estimates (utility with the one-SE rule for
@@ -118,7 +150,8 @@ class RouterDCPolicy(Policy):
     """
 
     name = "routerdc"
-    artifact_version = 2  # 2: task anchor (anchor_* arrays, shrink / cost_shrink)
+    #: 2: task anchor (anchor_* arrays, shrink / cost_shrink); 3: fine-tuned encoder mode
+    artifact_version = 3
 
     def __init__(
         self,
@@ -141,9 +174,20 @@ class RouterDCPolicy(Policy):
         seed: int = 0,
         ensemble: str = "folds",
         threads: int | None = 1,
-        finetune_encoder: bool = False,
         shrink: float | str = "auto",
         cost_shrink: float | str = "auto",
+        finetune: bool = False,
+        encoder: str = "all-MiniLM-L6-v2",
+        text_view: str = "question",
+        max_seq_length: int = 128,
+        train_layers: int = 2,
+        finetune_epochs: int = 3,
+        finetune_batch_size: int = 32,
+        finetune_lr: float = 5e-5,
+        llm_lr: float = 1e-2,
+        holdout: float = 0.25,
+        device: str | None = None,
+        encoder_threads: int | None = None,
     ) -> None:
         self.embed_dim = embed_dim
         self.hidden = hidden
@@ -164,7 +208,18 @@ class RouterDCPolicy(Policy):
         self.seed = seed
         self.ensemble = ensemble
         self.threads = threads
-        self.finetune_encoder = finetune_encoder
+        self.finetune = finetune
+        self.encoder = encoder
+        self.text_view = text_view
+        self.max_seq_length = max_seq_length
+        self.train_layers = train_layers
+        self.finetune_epochs = finetune_epochs
+        self.finetune_batch_size = finetune_batch_size
+        self.finetune_lr = finetune_lr
+        self.llm_lr = llm_lr
+        self.holdout = holdout
+        self.device = device
+        self.encoder_threads = encoder_threads
         self.shrink = shrink
         self.cost_shrink = cost_shrink
 
@@ -208,18 +263,54 @@ class RouterDCPolicy(Policy):
         p["seed"] = int(self.seed)
         check_shrink(n, "shrink", self.shrink)
         check_shrink(n, "cost_shrink", self.cost_shrink)
+        if not isinstance(self.finetune, bool):
+            raise PolicyError(f"{n}: finetune must be true or false, got {self.finetune!r}")
+        p["finetune"] = self.finetune
+        if self.finetune:
+            p.update(self._checked_finetune())
+        return p
+
+    def _checked_finetune(self) -> dict[str, Any]:
+        n = self.name
+        p: dict[str, Any] = {
+            "max_seq_length": check_positive("max_seq_length", n, self.max_seq_length,
+                                             integer=True),
+            "train_layers": check_positive("train_layers", n, self.train_layers, integer=True,
+                                           allow_zero=True),
+            "finetune_epochs": check_positive("finetune_epochs", n, self.finetune_epochs,
+                                              integer=True),
+            "finetune_batch_size": check_positive("finetune_batch_size", n,
+                                                  self.finetune_batch_size, integer=True),
+            "finetune_lr": check_positive("finetune_lr", n, self.finetune_lr),
+            "llm_lr": check_positive("llm_lr", n, self.llm_lr),
+        }
+        if not isinstance(self.encoder, str) or not self.encoder.strip():
+            raise PolicyError(f"{n}: encoder must be a model name or path, got {self.encoder!r}")
+        from router.textview import TextViewError, parse_view
+
+        try:
+            parse_view(self.text_view)
+        except TextViewError as exc:
+            raise PolicyError(f"{n}: text_view: {exc}") from None
+        holdout = float(self.holdout) if isinstance(self.holdout, int | float) else -1.0
+        if not 0 < holdout < 1:
+            raise PolicyError(f"{n}: holdout must be in (0, 1), got {self.holdout!r}")
+        p["holdout"] = holdout
+        if self.encoder_threads is not None:
+            check_positive("encoder_threads", n, self.encoder_threads, integer=True)
+        if self.device is not None and not isinstance(self.device, str):
+            raise PolicyError(f"{n}: device must be a string such as 'cpu' or 'cuda', got "
+                              f"{self.device!r}")
         return p
 
     # ---- training -----------------------------------------------------------------------
     def _fit(self, data: TrainData) -> None:
         X, quality, cost, tasks = data.X, data.quality, data.cost, data.tasks
-        if self.finetune_encoder:
-            raise PolicyError(
-                "routerdc: finetune_encoder=True needs the prompt texts and a GPU, but a "
-                "policy is fitted on embeddings; keep it False (the head on the frozen "
-                "sentence embedding is trained instead)"
-            )
         p = self._checked()
+        self._drop_finetuned()
+        if p["finetune"]:
+            self._fit_finetuned(data, p)
+            return
         n, m = quality.shape
         groups, n_groups = group_codes(X, tasks, p["n_clusters"], p["seed"])
         clusters, _ = kmeans_labels(X, p["n_clusters"], p["seed"])
@@ -239,7 +330,8 @@ class RouterDCPolicy(Policy):
                 post, local_c[held] = nb.query(X[held])
                 priors[held] = post @ nb.group_quality
                 anchor_q[held], anchor_c[held] = TaskPrior.fit(
-                    X[rest], codes[rest], names, quality[rest], cost[rest]).query(X[held])
+                    X[rest], codes[rest], names, quality[rest], cost[rest],
+                    backoff=False).query(X[held])
                 nets.append(net)
             self.calib_ = self._calibrate(sims, priors, quality, p["calib_l2"])
             raw = self._calibrated(sims, priors)
@@ -254,6 +346,90 @@ class RouterDCPolicy(Policy):
         self.nb_ = Neighbourhood(X, groups, n_groups, quality, cost, k=p["neighbours"])
         self.n_groups_ = n_groups
         self.anchor_ = TaskPrior.fit(X, codes, names, quality, cost)
+
+    def _fit_finetuned(self, data: TrainData, p: dict[str, Any]) -> None:
+        """RouterDC as published: fine-tune the encoder (module doc, "Encoder fine-tuning")."""
+        from policies._finetune import FinetuneSettings, finetune
+        from router.textview import parse_view
+
+        if data.texts is None:
+            raise PolicyError(
+                "routerdc: finetune=True fine-tunes the encoder on the prompt texts, but fit got "
+                "none; pass texts=... (fit_dataset and the CLI do), or set finetune=False for "
+                "the frozen-encoder router")
+        X, quality, cost, tasks = data.X, data.quality, data.cost, data.tasks
+        n, m = quality.shape
+        groups, n_groups = group_codes(X, tasks, p["n_clusters"], p["seed"])
+        clusters, _ = kmeans_labels(X, p["n_clusters"], p["seed"])  # frozen embeddings
+        names, codes = encode_tasks(tasks, n)
+        parts = max(2, int(round(1.0 / p["holdout"])))
+        folds = stratified_folds(groups, min(parts, n), p["seed"]) if n >= 4 else []
+        held = folds[0] if len(folds) >= 2 else np.zeros(0, dtype=np.int64)
+        rest = np.setdiff1d(np.arange(n), held)
+        view = parse_view(self.text_view)
+        settings = FinetuneSettings(
+            model=self.encoder, text_view=view.spec, max_seq_length=p["max_seq_length"],
+            train_layers=p["train_layers"], epochs=p["finetune_epochs"],
+            batch_size=p["finetune_batch_size"], lr=p["finetune_lr"], llm_lr=p["llm_lr"],
+            temperature=p["temperature"], top_k=p["top_k"], last_k=p["last_k"],
+            sample_weight=p["sample_weight"], cluster_temperature=p["cluster_temperature"],
+            device=self.device, threads=self.encoder_threads, seed=p["seed"])
+        result = finetune([view(t) for t in data.texts], quality, clusters, settings, rows=rest)
+        Z, llm = result.Z, result.llm
+        if len(held):
+            sims = Z[held] @ llm.T / p["temperature"]  # the logit scale it trained at
+            nb = Neighbourhood(Z[rest], groups[rest], n_groups, quality[rest], cost[rest],
+                               k=p["neighbours"])
+            post, local_c = nb.query(Z[held])
+            priors = post @ nb.group_quality
+            anchor_q, anchor_c = TaskPrior.fit(Z[rest], codes[rest], names, quality[rest],
+                                               cost[rest], backoff=False).query(Z[held])
+            self.calib_ = self._calibrate(sims, priors, quality[held], p["calib_l2"])
+            self._pick_shrink(anchor_q, self._calibrated(sims, priors), anchor_c, local_c,
+                              quality[held], cost[held])
+        else:  # too few rows to hold any out: trust the prior
+            self.calib_ = np.tile(np.array([0.0, 0.0, 1.0]), (m, 1))
+            self._pick_shrink(None, None, None, None, quality, cost)
+        self.dim_ = int(Z.shape[1])
+        self.nets_ = [_Net(None, llm.astype(np.float32))]
+        self.nb_ = Neighbourhood(Z, groups, n_groups, quality, cost, k=p["neighbours"])
+        self.n_groups_ = n_groups
+        self.anchor_ = TaskPrior.fit(Z, codes, names, quality, cost)
+        self._set_encoder_dir_from(result)
+        self.finetune_info_ = {**result.info, "holdout_rows": int(len(held))}
+        pick_rows = np.random.default_rng(p["seed"]).permutation(n)[:INT8_CHECK_TEXTS]
+        self._check_texts = [data.texts[i] for i in sorted(pick_rows)]
+
+    def _set_encoder_dir_from(self, result) -> None:
+        """Save the fine-tuned model into a private temporary directory (until saved)."""
+        import tempfile
+
+        from policies._finetune import save_model
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="routerdc-encoder-")
+        path = Path(self._tmp.name).resolve() / "encoder"
+        save_model(result.model, path, {"base_model": self.encoder, "text_view": self.text_view,
+                                        "max_seq_length": int(self.max_seq_length),
+                                        "train_layers": int(self.train_layers)})
+        self.encoder_dir_ = path
+
+    def _drop_finetuned(self) -> None:
+        for attr in ("encoder_dir_", "_tmp", "finetune_info_", "_recorded_signature",
+                     "_check_texts"):
+            self.__dict__.pop(attr, None)
+
+    def own_encoder(self) -> dict[str, Any] | None:
+        """The encoder config (as ``Encoder.config()``) of the fine-tuned model, whose
+        embeddings ``predict`` expects; None for the frozen-encoder mode."""
+        path = getattr(self, "encoder_dir_", None)
+        if path is None:
+            return None
+        from router.encoder import Encoder, model_signature
+
+        cfg = Encoder(model_name=str(path), text_view=self.text_view).config()
+        cfg["dim"] = int(self.dim_)
+        cfg["model_signature"] = self.__dict__.get("_recorded_signature") or model_signature(path)
+        return cfg
 
     def _pick_shrink(self, prior_q, raw_q, prior_c, raw_c, quality, cost) -> None:
         """Anchor shrinkage (quality, cost) from the out-of-fold estimates, or as given."""
@@ -319,29 +495,39 @@ class RouterDCPolicy(Policy):
             raise PolicyError(f"{self.name}: expected finite embeddings of shape (n, {self.dim_})")
         return np.mean([net.similarities(X) for net in self.nets_], axis=0)
 
+    def _calibration_input(self, X: np.ndarray) -> np.ndarray:
+        """Similarities as the calibrators read them: cosines for the frozen mode, cosines /
+        temperature (the scale of the training logits) for the fine-tuned encoder, whose
+        cosines span a narrow range the calibrators' ridge would otherwise flatten."""
+        sims = self.similarities(X)
+        return sims / float(self.temperature) if self.finetune else sims
+
     def _calibrated(self, sims: np.ndarray, priors: np.ndarray) -> np.ndarray:
         c = self.calib_
         return sigmoid(c[None, :, 0] + c[None, :, 1] * sims + c[None, :, 2] * logit(priors))
 
     def _predict(self, X, tasks, truth) -> Estimate:
-        sims = self.similarities(X)
+        sims = self._calibration_input(X)
         post, cost = self.nb_.query(X)
         q = self._calibrated(sims, post @ self.nb_.group_quality)
-        prior_q, prior_c = self.anchor_.query(X)
-        return Estimate(quality=blend(prior_q, q, self.shrink_),
-                        cost=blend_cost(prior_c, cost, self.cost_shrink_))
+        q, cost = self.anchor_.anchor(X, q, cost, self.shrink_, self.cost_shrink_)
+        return Estimate(quality=q, cost=cost)
 
     # ---- artifacts ----------------------------------------------------------------------
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays: dict[str, np.ndarray] = {}
         for i, net in enumerate(self.nets_):
-            arrays.update(module_arrays(net.head, f"net{i}.head."))
+            if net.head is not None:
+                arrays.update(module_arrays(net.head, f"net{i}.head."))
             arrays[f"net{i}.llm"] = net.llm
         arrays["calibration"] = self.calib_
         arrays.update(self.nb_.arrays("nb_"))
         arrays.update(self.anchor_.arrays())
-        return arrays, {"n_groups": self.n_groups_, "n_nets": len(self.nets_),
-                        **anchor_meta(self)}
+        meta: dict[str, Any] = {"n_groups": self.n_groups_, "n_nets": len(self.nets_),
+                                **anchor_meta(self)}
+        if getattr(self, "finetune_info_", None) is not None:
+            meta["finetune"] = self.finetune_info_
+        return arrays, meta
 
     def _set_state(self, arrays, meta) -> None:
         p = self._checked()
@@ -350,11 +536,14 @@ class RouterDCPolicy(Policy):
             self.n_groups_ = int(meta["n_groups"])
             nets = []
             for i in range(int(meta["n_nets"])):
-                head = ResidualHead(self.dim_, p["embed_dim"], p["hidden"], p["dropout"])
-                load_module_arrays(head, arrays, f"net{i}.head.")
-                head.eval()
+                head = None
+                if not p["finetune"]:
+                    head = ResidualHead(self.dim_, p["embed_dim"], p["hidden"], p["dropout"])
+                    load_module_arrays(head, arrays, f"net{i}.head.")
+                    head.eval()
                 llm = np.asarray(arrays[f"net{i}.llm"], dtype=np.float32)
-                if llm.shape != (m, p["embed_dim"]):
+                width = self.dim_ if p["finetune"] else p["embed_dim"]
+                if llm.shape != (m, width):
                     raise ArtifactError(f"routerdc artifact: LLM embeddings of shape {llm.shape} "
                                         f"do not match its {m} models")
                 nets.append(_Net(head, llm))
@@ -367,3 +556,72 @@ class RouterDCPolicy(Policy):
         if self.calib_.shape != (m, 3) or not nets:
             raise ArtifactError(f"routerdc artifact: calibration does not match its {m} models")
         self.nets_ = nets
+        if p["finetune"]:
+            self.finetune_info_ = dict(meta.get("finetune") or {})
+
+    # the fine-tuned encoder travels inside the artifact, under ENCODER_DIR
+    def save(self, path, meta: dict[str, Any] | None = None) -> Path:
+        """As :meth:`Policy.save`; a fine-tuned policy also writes its encoder (``encoder/``)
+        and records it, artifact-relative, as the artifact's encoder."""
+        own = self.own_encoder()
+        if own is not None:
+            portable = {**own, "model_name": ARTIFACT_ENCODER}
+            portable["model_id"] = portable["model_id"].replace(str(self.encoder_dir_),
+                                                                ARTIFACT_ENCODER, 1)
+            meta = {**(meta or {}), "encoder": portable}
+            path = Path(path)
+            path.mkdir(parents=True, exist_ok=True)
+            self._place_encoder(path)
+        return super().save(path, meta)
+
+    def _place_encoder(self, path: Path) -> None:
+        """Copy the encoder into ``path/encoder`` (atomically) and measure its int8 export."""
+        target = path / ENCODER_DIR
+        if target.resolve() == Path(self.encoder_dir_).resolve():
+            return  # saving over the artifact it was loaded from
+        import shutil
+        import tempfile
+
+        staging = Path(tempfile.mkdtemp(dir=path, prefix=".encoder."))
+        try:
+            shutil.copytree(self.encoder_dir_, staging, dirs_exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        texts = self.__dict__.get("_check_texts")
+        if texts:  # measure the int8 export of the saved encoder (router.encoder_check)
+            self._validate_int8(target, texts)
+
+    def _validate_int8(self, folder: Path, texts: list[str]) -> dict[str, Any]:
+        from policies._anchor import lam_grid
+        from policies.base import choose
+        from router.encoder_check import validate_int8
+
+        lams = lam_grid(self.nb_.cost, points=5)
+
+        def decide(Z: np.ndarray) -> np.ndarray:
+            est = self.predict(Z)
+            return np.stack([choose(est.quality, est.cost, lam=float(v)) for v in lams], 1)
+
+        record = validate_int8(folder, texts, text_view=self.text_view, decide=decide)
+        self.finetune_info_["int8"] = {k: record.get(k) for k in
+                                       ("validated", "mean_cosine", "min_cosine", "agreement",
+                                        "error") if k in record}
+        return record
+
+    def _load_files(self, path: Path) -> None:
+        if not bool(self.finetune):
+            return
+        enc = (self.meta_ or {}).get("encoder")
+        folder = path / ENCODER_DIR
+        if not folder.is_dir() or not isinstance(enc, dict):
+            raise ArtifactError(f"{path}: a fine-tuned routerdc artifact needs its encoder "
+                                f"directory {ENCODER_DIR}/ and meta.encoder; retrain it")
+        self.encoder_dir_ = folder.resolve()
+        self._recorded_signature = enc.get("model_signature")
+        # consumers (router serve/route/eval) read meta_["encoder"]: point it at the folder
+        self.meta_["encoder"] = {**enc, **{k: v for k, v in self.own_encoder().items()
+                                           if k in ("model_name", "model_id")}}

@@ -276,8 +276,11 @@ def _find_in_hf_cache(name: str) -> Path:
     )
 
 
+#: file a fine-tuned model carries (policies/_finetune.py): its weights' content digest, so
+#: the signature and the embedding cache key change with the weights, not just their sizes
+FINETUNE_MARKER = "costroute_finetune.json"
 _SIGNATURE_FILES = ("config.json", "modules.json", "sentence_bert_config.json",
-                    "tokenizer.json", "vocab.txt", "1_Pooling/config.json")
+                    "tokenizer.json", "vocab.txt", "1_Pooling/config.json", FINETUNE_MARKER)
 _WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -384,6 +387,8 @@ class Encoder:
     @property
     def _cache_model(self) -> str:
         key = self.model_key
+        if self._model_dir is not None and (self._model_dir / FINETUNE_MARKER).is_file():
+            key = f"finetuned:{model_signature(self._model_dir)}"  # by content, not path
         if self.max_seq_length is not None:
             key += f"#msl={self.max_seq_length}"
         factory = get_backend_factory(self.backend_name)

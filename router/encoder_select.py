@@ -44,6 +44,16 @@ ONNX_BACKENDS = frozenset({"onnx", "onnx-int8"})
 #: models whose int8 ONNX export keeps routing accuracy (measured)
 INT8_VALIDATED = frozenset({DEFAULT_MODEL})
 
+
+def int8_ok(model_key: str) -> bool:
+    """Int8 keeps this model's routing: measured for the stock model, or recorded for a
+    model directory (a fine-tuned encoder) by :func:`router.encoder_check.validate_int8`."""
+    if model_key in INT8_VALIDATED:
+        return True
+    from router.encoder_check import int8_validated
+
+    return int8_validated(model_key)
+
 Plan = list[tuple[str, str | None]]
 
 
@@ -94,7 +104,7 @@ def backend_plan(model_key: str, trained: str, choice: str = "auto",
             plan.append(("torch", gpu))  # fp16 on CUDA
         if ort_cuda:
             plan.append(("onnx", gpu))
-    cpu: Plan = [("onnx-int8", "cpu")] if model_key in INT8_VALIDATED else []
+    cpu: Plan = [("onnx-int8", "cpu")] if int8_ok(model_key) else []
     cpu += [("onnx", "cpu"), ("torch", "cpu")]
     if dev and not dev.startswith(("cuda", "cpu")):  # e.g. "mps": only torch knows it
         return [("torch", device)]

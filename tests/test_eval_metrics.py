@@ -59,6 +59,26 @@ def test_aiq_hand_worked():
     assert M.aiq(hull, 2.0, 5.0) == pytest.approx((0.725 + 1.6) / 3)
 
 
+def test_aiq_routerbench_hand_worked_against_ours():
+    # two curves; the largest cost of all curves is 6 (curve b's last point)
+    a = hull_of([(1, 0.5), (3, 0.8)])
+    b = hull_of([(2, 0.6), (6, 0.9)])
+    # RouterBench: a from its cheapest point 1 to 6: trapezoid [1,3] 1.3 + flat 0.8 * 3 =
+    # 3.7, over 6; b: trapezoid [2,6] (0.6 + 0.9) / 2 * 4 = 3.0, over 6
+    assert M.aiq_routerbench(a, 6.0) == pytest.approx(3.7 / 6)
+    assert M.aiq_routerbench(b, 6.0) == pytest.approx(3.0 / 6)
+    # ours over single models costing 1..6: the same areas (0 before the cheapest point)
+    # divided by the range 5, not by 6: the (0, 1) stretch is left out, not counted as 0
+    assert M.aiq(a, 1.0, 6.0) == pytest.approx(3.7 / 5)
+    assert M.aiq(b, 1.0, 6.0) == pytest.approx(3.0 / 5)
+    # a hull starting at cost 0 integrates alike in both when c_min = 0 and c_top = c_max
+    z = hull_of([(0, 0.2), (4, 0.6)])
+    assert M.aiq_routerbench(z, 4.0) == pytest.approx(M.aiq(z, 0.0, 4.0)) == pytest.approx(0.4)
+    assert M.aiq_routerbench(hull_of([(2, 0.6)]), 0.0) == 0.0  # zero range: value at 0
+    with pytest.raises(ValueError, match="below the hull"):
+        M.aiq_routerbench(b, 1.0)
+
+
 def test_identical_curves_have_equal_aiq_and_order_does_not_matter():
     rng = np.random.default_rng(1)
     c, q = rng.random(30), rng.random(30)

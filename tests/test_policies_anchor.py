@@ -17,7 +17,7 @@ LAMS = (0.0, 20.0, 60.0, 150.0)
 LEARNED = {
     "knn": {},
     "mlp": {"hidden": 32, "lr": 0.01, "max_epochs": 40, "patience": 6},
-    "routerdc": {"epochs": 20, "lr": 3e-3, "threads": 1},
+    "routerdc": {"epochs": 20, "lr": 3e-3, "threads": 1, "finetune": False},
     "cscr": {"epochs": 20, "lr": 3e-3, "threads": 1},
 }
 

@@ -138,10 +138,10 @@ def test_corrupt_artifact_is_an_artifact_error(fitted, tmp_path):
         Policy.load(path)
 
 
-def test_routerdc_refuses_encoder_finetuning_on_embeddings(data):
+def test_routerdc_finetuning_needs_the_texts(data):
     X, Q, C, _, _ = data
-    with pytest.raises(PolicyError, match="finetune_encoder"):
-        make_policy("routerdc", finetune_encoder=True, **FAST).fit(X, Q, C, MODELS)
+    with pytest.raises(PolicyError, match="finetune=False"):
+        make_policy("routerdc", finetune=True, **FAST).fit(X, Q, C, MODELS)
 
 
 # ---- CSCR: adding a model without retraining ---------------------------------------------

@@ -1,0 +1,179 @@
+"""Choose the online bandit's exploration and forgetting on *train* replays only.
+
+The train split is cut (seeded, 70/30) into a fit part, on which the LinUCB prior is
+fitted, and a replay part, streamed through the budget knapsack as the test stream would
+be (:mod:`eval.online`), in three worlds (:mod:`eval.scenarios`): ``stationary``,
+``degrade`` and ``price``. Candidates are ``alpha`` (the optimism bonus) and the store's
+:class:`~router.state.bandit_store.Forgetting` (discount, change detection, cost change
+detection); the prior is fitted once and each candidate starts from a copy of it.
+
+Selection: among candidates whose stationary replay stays at or above the frozen prior
+at every budget (minus ``slack``), the best mean after-change accuracy over degrade and
+price; ties to the earlier (simpler) candidate. Run it::
+
+    python -m eval.online_tune [--data DIR] [--budgets 0.1,0.25,0.5] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval.scenarios import Split, build_world
+from policies.linucb import LinUCBPolicy
+from router.budget import BudgetSpec, EmbeddedLedger, OnlineKnapsack, auto_bins
+from router.state.bandit_store import EmbeddedBanditStore, Forgetting
+
+#: candidates, simplest first: (alpha, Forgetting)
+OFF = Forgetting()
+CANDIDATES: list[tuple[float, Forgetting]] = [
+    (0.0, OFF),
+    (0.05, OFF),
+    (0.1, OFF),
+    (0.0, Forgetting(discount=0.995)),
+    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1)),
+    (0.0, Forgetting(threshold=5.0, slack=0.3, shrink=0.1)),
+    (0.0, Forgetting(threshold=3.0, slack=0.2, shrink=0.1)),
+    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=2.0)),
+    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=2.0, cost_slack=0.5)),
+    (0.05, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=2.0)),
+]
+WORLDS = ("stationary", "degrade", "price")
+
+
+def clone(policy: LinUCBPolicy, alpha: float, forgetting: Forgetting) -> LinUCBPolicy:
+    """A copy of a fitted policy with its own store, ``alpha`` and forgetting."""
+    state = policy.bandit_state()
+    state.forgetting = forgetting.to_array()
+    out = copy.copy(policy)
+    out.alpha = alpha
+    for key, value in (("discount", forgetting.discount), ("drift_threshold", forgetting.threshold),
+                       ("drift_slack", forgetting.slack), ("drift_shrink", forgetting.shrink),
+                       ("cost_threshold", forgetting.cost_threshold),
+                       ("cost_slack", forgetting.cost_slack)):
+        setattr(out, key, value)
+    out._store = EmbeddedBanditStore()
+    out._store.initialize(state)
+    return out
+
+
+def _run(policy: LinUCBPolicy, world, budget: float, bins: int, sample, learn: bool):
+    from eval.online import replay
+
+    ks = OnlineKnapsack(EmbeddedLedger(), BudgetSpec(budget, horizon=world.T, n_bins=bins),
+                        price_sample=sample)
+    return replay(policy, world.X, world.quality, world.cost, ks, learn=learn,
+                  allowed=world.allowed)
+
+
+def tune(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
+         ref_idx: int, seed: int = 0, slack: float = 0.0, candidates=None, say=print
+         ) -> dict[str, Any]:
+    """Replay every candidate on the fit/replay cut of ``train``; the table and the pick."""
+    from eval.online import decision_values
+
+    candidates = candidates or CANDIDATES
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(train.X))
+    cut = int(0.7 * len(perm))
+
+    def part(idx: np.ndarray) -> Split:
+        return Split(train.X[idx], train.quality[idx], train.cost[idx],
+                     [train.tasks[i] for i in idx])
+
+    fit, rep = part(perm[:cut]), part(perm[cut:])
+    rep = Split(rep.X, np.nan_to_num(rep.quality, nan=0.0),
+                np.where(np.isnan(rep.cost), np.nanmean(fit.cost, axis=0), rep.cost), rep.tasks)
+    prior = LinUCBPolicy(**{**params, "alpha": 0.0}).fit(fit.X, fit.quality, fit.cost, models,
+                                                         fit.tasks)
+    base = build_world("stationary", {}, fit, rep, models, seed)
+    ref_spend = float(base.cost[:, ref_idx].sum())
+    rows: list[dict[str, Any]] = []
+    frozen: dict[tuple[str, float], float] = {}
+    worlds = {}
+    for frac in fractions:
+        B = frac * ref_spend
+        bins = auto_bins(B, float(np.nanmax(fit.cost)), base.T)
+        p0 = clone(prior, 0.0, OFF)
+        sample = decision_values(p0, fit.X)
+        r0 = _run(p0, base, B, bins, sample, learn=False)
+        first = r0.chosen[:base.T // 2]
+        busiest = int(np.bincount(first[first >= 0], minlength=len(models)).argmax())
+        for name in WORLDS:
+            world = build_world(name, {}, fit, rep, models, seed, busiest=busiest)
+            worlds[(name, frac)] = (world, B, bins)
+            r = _run(clone(prior, 0.0, OFF), world, B, bins, sample, learn=False)
+            frozen[(name, frac)] = float(r.reward[world.change:].mean()
+                                         if world.change < world.T else r.reward.mean())
+    for i, (alpha, forget) in enumerate(candidates):
+        row: dict[str, Any] = {"alpha": alpha, "forgetting": forget.__dict__, "runs": {}}
+        for (name, frac), (world, B, bins) in worlds.items():
+            pol = clone(prior, alpha, forget)
+            sample = decision_values(pol, fit.X)
+            r = _run(pol, world, B, bins, sample, learn=True)
+            k = world.change if world.change < world.T else 0
+            row["runs"][f"{name}@{frac}"] = {
+                "quality": float(r.reward[k:].mean()), "frozen": frozen[(name, frac)],
+                "cost_per_1k": float(1000 * r.cost[k:].mean())}
+        stat = [row["runs"][f"stationary@{f}"] for f in fractions]
+        row["stationary_ok"] = all(s["quality"] >= s["frozen"] - slack for s in stat)
+        row["stationary_gain"] = float(np.mean([s["quality"] - s["frozen"] for s in stat]))
+        row["drift_quality"] = float(np.mean([
+            row["runs"][f"{n}@{f}"]["quality"] for n in WORLDS[1:] for f in fractions]))
+        rows.append(row)
+        say(f"candidate {i}: alpha {alpha} {forget}: stationary gain "
+            f"{row['stationary_gain']:+.4f} (ok {row['stationary_ok']}), after-change "
+            f"accuracy {row['drift_quality']:.4f}")
+    ok = [r for r in rows if r["stationary_ok"]] or rows
+    best = max(ok, key=lambda r: r["drift_quality"])  # max keeps the first of ties
+    return {"fit_queries": len(fit.X), "replay_queries": len(rep.X), "fractions": fractions,
+            "frozen": {f"{n}@{f}": v for (n, f), v in frozen.items()},
+            "candidates": rows, "chosen": {"alpha": best["alpha"],
+                                           "forgetting": best["forgetting"]}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    ap = argparse.ArgumentParser(prog="python -m eval.online_tune", description=__doc__.split(
+        "\n\n")[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared"
+                                          / "datasets" / "routerbench-subset"))
+    ap.add_argument("--budgets", default="0.1,0.25,0.5")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="write the table as JSON here")
+    args = ap.parse_args(argv)
+    import router.datasets as D
+    from eval.online import DEFAULT_PARAMS
+    from router.encoder import Encoder, embed_dataset
+
+    if not Path(args.data).exists():
+        print(f"online_tune: --data {args.data}: no such file or directory", file=sys.stderr)
+        return 2
+    split = D.load_split(args.data, seed=args.seed)
+    train = split.train
+    X = np.asarray(embed_dataset(train, Encoder(), progress=False), np.float32)
+    models = list(train.models)
+    with np.errstate(invalid="ignore"):
+        ref = int(np.nanargmax(np.nanmean(train.quality, axis=0)))
+    params = {k: v for k, v in DEFAULT_PARAMS.items()
+              if k in ("prior_weight", "reg", "proj_dim")}
+    result = tune(Split(X, train.quality, train.cost, list(train.tasks)), models, params,
+                  [float(b) for b in args.budgets.split(",")], ref, seed=args.seed)
+    print(json.dumps(result["chosen"]))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
