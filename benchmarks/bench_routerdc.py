@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     from eval.own_encoder import own_embeddings
     from policies import make_policy
     from policies._contrastive import stratified_folds
-    from router.cmd_train import parse_params
+    from router.commands.train import parse_params
     from router.datasets import load_split
-    from router.encoder import Encoder, embed_dataset
+    from router.encoding.encoder import Encoder, embed_dataset
     from router.threads import native_threads, preload
 
     split = load_split(args.data)

@@ -9,7 +9,7 @@ For each dataset (train -> test split) and policy, two arms:
   artifact's embeddings (all-MiniLM-L6-v2, torch; ``--int8-fit int8`` fits on int8 ones)
   and queried with the ONNX int8 encoder;
 * ``static``: the policy fitted and queried with the static backend
-  (:mod:`router.static_encoder`, model2vec distillation of the same MiniLM, 256-d).
+  (:mod:`router.encoding.static`, model2vec distillation of the same MiniLM, 256-d).
 
 Each arm sweeps the evaluation lam grid (``eval.harness.lam_grid("auto")`` on the train
 costs) and is scored as ``router eval`` scores it: AIQ of the cost-quality hull between the
@@ -47,7 +47,7 @@ MARGIN = 0.005
 
 
 def embed(backend: str, prompts: list[str]) -> np.ndarray:
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     return Encoder(backend=backend).encode(prompts, progress=True)
 

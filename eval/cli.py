@@ -118,7 +118,7 @@ class EvalContext:
     test: Any  # RoutingDataset
     lams: np.ndarray
     out: Path
-    encoder: Any = None  # router.encoder.Encoder or None
+    encoder: Any = None  # router.encoding.encoder.Encoder or None
     X_train: np.ndarray | None = None
     X_test: np.ndarray | None = None
     artifact_X: dict[int, np.ndarray] = field(default_factory=dict)  # own-encoder test X
@@ -379,7 +379,7 @@ def _embed(ctx: EvalContext, specs, artifact_policies) -> None:
     if not (train_needs or art_needs):
         return
     try:
-        from router.encoder import Encoder, EncoderError, embed_dataset
+        from router.encoding.encoder import Encoder, EncoderError, embed_dataset
     except ImportError as exc:
         from router.cli import CLIError
 
@@ -387,7 +387,7 @@ def _embed(ctx: EvalContext, specs, artifact_policies) -> None:
             f"these policies read embeddings, but the encoder is unavailable: {exc}"
         ) from None
     args = ctx.args
-    from router.encoder_select import TRAIN_BACKENDS, TRAIN_DEFAULT
+    from router.encoding.select import TRAIN_BACKENDS, TRAIN_DEFAULT
 
     backend = getattr(args, "encoder_backend", None) or TRAIN_DEFAULT
     if backend not in TRAIN_BACKENDS:
@@ -441,7 +441,7 @@ def _placeholder(n: int, dim: int) -> np.ndarray:
 def _own_test_X(ctx: EvalContext, policy) -> np.ndarray | None:
     """Test embeddings from a fitted policy's own encoder (eval.own_encoder), or None."""
     from eval.own_encoder import own_embeddings
-    from router.encoder import EncoderError
+    from router.encoding.encoder import EncoderError
 
     try:
         return own_embeddings(policy, ctx.test.prompts, ctx.args.cache_dir,

@@ -93,7 +93,7 @@ def run_explore(
     if train is None:
         raise ExploreEvalError("the exploration replay needs the train split")
     if X_train is None:  # e.g. `router eval --explore` with embedding-free policies only
-        from router.encoder import Encoder, embed_dataset
+        from router.encoding.encoder import Encoder, embed_dataset
 
         encoder = getattr(ctx, "encoder", None) or Encoder()
         X_train = embed_dataset(train, encoder, progress=False)

@@ -209,7 +209,7 @@ def _embeddings(train, test, X_train, X_test, encoder, progress: bool):
     if X_train is not None and X_test is not None:
         return np.asarray(X_train, np.float32), np.asarray(X_test, np.float32)
     try:
-        from router.encoder import Encoder, embed_dataset
+        from router.encoding.encoder import Encoder, embed_dataset
     except ImportError as exc:
         raise OnlineEvalError(f"online replay needs embeddings; the encoder is unavailable ({exc})") from None
     encoder = encoder if encoder is not None else Encoder()

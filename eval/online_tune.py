@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import router.datasets as D
     from eval.online import DEFAULT_PARAMS
-    from router.encoder import Encoder, embed_dataset
+    from router.encoding.encoder import Encoder, embed_dataset
 
     if not Path(args.data).exists():
         print(f"online_tune: --data {args.data}: no such file or directory", file=sys.stderr)

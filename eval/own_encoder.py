@@ -26,7 +26,7 @@ def own_embeddings(
     cfg = policy.own_encoder()
     if cfg is None:
         return None
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     cache = {"cache_dir": cache_dir} if cache_dir else {}
     enc = Encoder.from_config(cfg, **cache)

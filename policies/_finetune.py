@@ -17,7 +17,7 @@ windows of a few batches, so little compute goes to padding. Other architectures
 ``train_layers=0`` (everything trains), run the whole model each step.
 
 The result is an ordinary sentence-transformers model (:func:`save_model` writes it with a
-:data:`router.encoder.FINETUNE_MARKER` file holding a digest of the weights, so the model's
+:data:`router.encoding.encoder.FINETUNE_MARKER` file holding a digest of the weights, so the model's
 signature, and with it the embedding cache key, changes with its contents), plus the
 learned LLM embeddings.
 """
@@ -84,7 +84,7 @@ class FinetuneResult:
 # ---- model loading -------------------------------------------------------------------------
 def model_directory(model: str) -> Path:
     """The local directory of a sentence-transformers model name or path (offline)."""
-    from router.encoder import (
+    from router.encoding.encoder import (
         DEFAULT_MODEL,
         EncoderError,
         _default_model_path,
@@ -103,7 +103,7 @@ def model_directory(model: str) -> Path:
 
 def load_model(model: str, device: str, max_seq_length: int):
     """A fresh SentenceTransformer (its own copy of the weights) on ``device``."""
-    from router.encoder import _quiet_transformers
+    from router.encoding.encoder import _quiet_transformers
 
     path = model_directory(model)
     try:
@@ -119,8 +119,8 @@ def load_model(model: str, device: str, max_seq_length: int):
 
 
 def pick_device(device: str | None) -> str:
-    """``device``, or CUDA when torch sees one, else CPU (as :mod:`router.encoder`)."""
-    from router.encoder import torch_placement
+    """``device``, or CUDA when torch sees one, else CPU (as :mod:`router.encoding.encoder`)."""
+    from router.encoding.encoder import torch_placement
 
     return torch_placement(device, False, torch.cuda.is_available())[0]
 
@@ -401,7 +401,7 @@ def weights_digest(model_dir: Path) -> str:
 
 def save_model(st, path: Path, info: dict[str, Any]) -> None:
     """Write the sentence-transformers model to ``path`` with the fine-tune marker."""
-    from router.encoder import FINETUNE_MARKER
+    from router.encoding.encoder import FINETUNE_MARKER
 
     path.mkdir(parents=True, exist_ok=True)
     st.save(str(path), create_model_card=False)

@@ -47,7 +47,7 @@ anchor's shrinkage are fitted on the held-out rest, which the encoder never saw.
 A fine-tuned policy embeds with its own encoder: :meth:`RouterDCPolicy.own_encoder` gives
 its config, the artifact stores the model under ``encoder/`` and records it as the
 artifact's encoder, so ``router serve`` / ``route`` / ``eval`` embed queries with it
-(:mod:`router.encoder_select`: ONNX int8 where validated at save time, else ONNX fp32).
+(:mod:`router.encoding.select`: ONNX int8 where validated at save time, else ONNX fp32).
 ``predict`` therefore expects embeddings *from the fine-tuned encoder*. ``finetune=False``
 (the default) keeps the frozen-encoder router (a head on the frozen sentence embedding,
 trained in seconds): on a validation quarter of the RouterBench-subset train split the
@@ -424,7 +424,7 @@ class RouterDCPolicy(Policy):
         path = getattr(self, "encoder_dir_", None)
         if path is None:
             return None
-        from router.encoder import Encoder, model_signature
+        from router.encoding.encoder import Encoder, model_signature
 
         cfg = Encoder(model_name=str(path), text_view=self.text_view).config()
         cfg["dim"] = int(self.dim_)
@@ -592,13 +592,13 @@ class RouterDCPolicy(Policy):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         texts = self.__dict__.get("_check_texts")
-        if texts:  # measure the int8 export of the saved encoder (router.encoder_check)
+        if texts:  # measure the int8 export of the saved encoder (router.encoding.check)
             self._validate_int8(target, texts)
 
     def _validate_int8(self, folder: Path, texts: list[str]) -> dict[str, Any]:
         from policies._anchor import lam_grid
         from policies.base import choose
-        from router.encoder_check import validate_int8
+        from router.encoding.check import validate_int8
 
         lams = lam_grid(self.nb_.cost, points=5)
 

@@ -12,13 +12,13 @@ import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("router.cmd_train", "train a routing policy into an artifact directory"),
-    "route": ("router.cmd_route", "route one prompt with a trained artifact"),
+    "train": ("router.commands.train", "train a routing policy into an artifact directory"),
+    "route": ("router.commands.route", "route one prompt with a trained artifact"),
     "eval": ("eval.cli", "RouterBench-style evaluation: curves, AIQ, APGR, plots, report"),
     "serve": ("router.proxy.cli", "run the OpenAI-compatible routing gateway"),
-    "data": ("router.cmd_data", "inspect routing datasets"),
-    "logs": ("router.cmd_logs", "export outcome logs"),
-    "calibrate": ("router.cmd_calibrate", "pick lam for a spend or model share on your prompts"),
+    "data": ("router.commands.data", "inspect routing datasets"),
+    "logs": ("router.commands.logs", "export outcome logs"),
+    "calibrate": ("router.commands.calibrate", "pick lam for a spend or model share on your prompts"),
 }
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # user-facing errors from our libraries
         from policies.base import PolicyError
         from router.datasets import DatasetError
-        from router.encoder import EncoderError
+        from router.encoding.encoder import EncoderError
         from router.index import VectorIndexError
         from router.textview import TextViewError
 

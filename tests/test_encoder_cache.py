@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.embcache import DB_NAME, EmbeddingCache, default_cache_dir, text_hash
+from router.encoding.cache import DB_NAME, EmbeddingCache, default_cache_dir, text_hash
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16
@@ -63,7 +63,7 @@ def test_survives_new_instance_and_process(tmp_path):
     with EmbeddingCache(tmp_path) as again:
         assert len(again.get_many("m", "v", [text_hash("a"), text_hash("b")])) == 2
     code = (
-        "import sys; from router.embcache import EmbeddingCache, text_hash\n"
+        "import sys; from router.encoding.cache import EmbeddingCache, text_hash\n"
         f"c = EmbeddingCache({str(tmp_path)!r})\n"
         "print(len(c.get_many('m', 'v', [text_hash('a'), text_hash('b')])))\n"
     )
@@ -84,7 +84,7 @@ def test_garbage_file_is_detected_and_rebuilt(tmp_path, caplog):
         cache.put_many("m", "v", items(["a", "b"]))
     db = tmp_path / DB_NAME
     db.write_bytes(os.urandom(8192))
-    with caplog.at_level(logging.WARNING, logger="router.embcache"):
+    with caplog.at_level(logging.WARNING, logger="router.encoding.cache"):
         cache = EmbeddingCache(tmp_path)
         assert cache.get_many("m", "v", [text_hash("a")]) == {}  # fresh, empty cache
     assert cache.rebuilt == 1
@@ -104,7 +104,7 @@ def test_damaged_pages_are_detected_by_the_integrity_check(tmp_path, caplog):
         for offset in range(4096 * 2, size - 4096, 4096 * 7):
             fh.seek(offset)
             fh.write(b"\xff" * 512)
-    with caplog.at_level(logging.WARNING, logger="router.embcache"):
+    with caplog.at_level(logging.WARNING, logger="router.encoding.cache"):
         cache = EmbeddingCache(tmp_path)
         cache.put_many("m", "v", items(["fresh"]))
     assert cache.rebuilt == 1 and "corrupt" in caplog.text
@@ -127,7 +127,7 @@ def test_corruption_found_mid_use_is_rebuilt(tmp_path):
 def test_unusable_directory_disables_cache(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory should be")
-    with caplog.at_level(logging.WARNING, logger="router.embcache"):
+    with caplog.at_level(logging.WARNING, logger="router.encoding.cache"):
         cache = EmbeddingCache(blocker / "sub")
         assert cache.put_many("m", "v", items(["a"])) == 0
         assert cache.get_many("m", "v", [text_hash("a")]) == {}
@@ -166,7 +166,7 @@ def test_concurrent_writers_leave_a_consistent_cache(tmp_path):
 KILL_WRITER = """
 import sys
 from tests.test_encoder_cache import items
-from router.embcache import EmbeddingCache
+from router.encoding.cache import EmbeddingCache
 cache = EmbeddingCache(sys.argv[1])
 i = 0
 while True:
@@ -223,7 +223,7 @@ def test_threads_share_one_cache_object(tmp_path, caplog):
             cache.put_many("m", "v", items(keys[start : start + 10]))
         return len(cache.get_many("m", "v", [text_hash(k) for k in keys]))
 
-    with caplog.at_level(logging.WARNING, logger="router.embcache"), \
+    with caplog.at_level(logging.WARNING, logger="router.encoding.cache"), \
             ThreadPoolExecutor(4) as pool:
         assert list(pool.map(work, range(4))) == [100] * 4
     assert caplog.text == "" and not cache.disabled

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router import encoder as encoder_module
 from router.dataset import RoutingDataset
-from router.embcache import DB_NAME
-from router.encoder import (
+from router.encoding import encoder as encoder_module
+from router.encoding.cache import DB_NAME
+from router.encoding.encoder import (
     DEFAULT_MODEL,
     Encoder,
     EncoderError,
@@ -88,7 +88,7 @@ def test_cache_survives_new_encoder_and_new_process(encoder, cache_dir, tmp_path
     out = tmp_path / "vectors.npy"
     code = (
         "import json, sys, numpy as np\n"
-        "from router.encoder import Encoder\n"
+        "from router.encoding.encoder import Encoder\n"
         f"enc = Encoder(cache_dir={str(cache_dir)!r})\n"
         f"np.save({str(out)!r}, enc.encode({texts!r}))\n"
         "print(json.dumps({**enc.stats.as_dict(), 'loaded': enc.loaded}))\n"
@@ -105,7 +105,7 @@ def test_corrupt_cache_is_rebuilt_and_encoding_still_works(encoder, tmp_path, ca
     vectors = first.encode(TEXTS)
     first.cache.close()
     (tmp_path / DB_NAME).write_bytes(b"\x00garbage\xff" * 4096)
-    with caplog.at_level(logging.WARNING, logger="router.embcache"):
+    with caplog.at_level(logging.WARNING, logger="router.encoding.cache"):
         second = Encoder(cache_dir=tmp_path)
         again = second.encode(TEXTS)
     assert "corrupt" in caplog.text

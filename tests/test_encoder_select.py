@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from router.encoder import (
+from router.encoding.encoder import (
     Encoder,
     EncoderError,
     TorchBackend,
@@ -16,13 +16,13 @@ from router.encoder import (
     torch_placement,
     unload_models,
 )
-from router.encoder_select import (
+from router.encoding.onnx import default_threads
+from router.encoding.select import (
     EncoderMismatchError,
     backend_plan,
     first_loading,
     serving_encoder,
 )
-from router.fast_encoder import default_threads
 from router.proxy.config import ConfigError, parse_config
 from router.proxy.routing import hashing_encoder_config, load_encoder
 

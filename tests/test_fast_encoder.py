@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.encoder import Encoder, EncoderError, register_backend
-from router.fast_encoder import (
+from router.encoding.encoder import Encoder, EncoderError, register_backend
+from router.encoding.onnx import (
     OnnxBackend,
     OnnxInt8Backend,
     _length_chunks,
@@ -86,7 +86,7 @@ def test_export_is_cached_on_disk(onnx_cache, fp32, int8):
 def test_cached_model_loads_without_torch(onnx_cache, fp32):
     code = (
         "import sys\n"
-        "from router.fast_encoder import OnnxBackend\n"
+        "from router.encoding.onnx import OnnxBackend\n"
         f"b = OnnxBackend({str(MODEL_DIR)!r}, cache_dir={str(onnx_cache)!r})\n"
         "v = b.encode_one('hello there')\n"
         "assert v.shape == (384,), v.shape\n"

@@ -133,7 +133,7 @@ def test_replay_streams(hashing_gateway, toy):
 @pytest.mark.slow
 def test_real_encoder_routes_and_matches_paraphrases(tmp_path, toy):
     """all-MiniLM-L6-v2 end to end: paraphrases the hashing encoder cannot relate."""
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     enc = Encoder(cache_dir=tmp_path / "cache")
     X = enc.encode(toy.prompts)

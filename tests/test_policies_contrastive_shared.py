@@ -24,7 +24,7 @@ HELD_OUT = "zero-one-ai/Yi-34B-Chat"
 @pytest.fixture(scope="module")
 def routerbench():
     from router.datasets import load_split
-    from router.encoder import Encoder, embed_dataset
+    from router.encoding.encoder import Encoder, embed_dataset
 
     split = load_split(ROUTERBENCH)
     encoder = Encoder()

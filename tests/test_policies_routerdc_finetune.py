@@ -31,7 +31,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from router.encoder import _default_model_path
+    from router.encoding.encoder import _default_model_path
 
     out = tmp_path_factory.mktemp("tiny")
     tok = AutoTokenizer.from_pretrained(str(_default_model_path()))
@@ -61,7 +61,7 @@ def make_data(n: int, seed: int):
 
 
 def frozen_X(model: Path, texts: list[str]) -> np.ndarray:
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     return Encoder(str(model), text_view="full", use_cache=False).encode(texts)
 
@@ -75,7 +75,7 @@ def fitted(tiny_model):
 
 
 def own_X(policy: Policy, texts: list[str]) -> np.ndarray:
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     return Encoder.from_config(policy.own_encoder(), use_cache=False).encode(texts)
 
@@ -116,8 +116,8 @@ def test_bad_finetune_parameters_are_clear_errors(tiny_model, bad):
 
 
 def test_artifact_carries_the_encoder_and_serves_it(fitted, tmp_path):
-    from router.encoder import FINETUNE_MARKER, Encoder
-    from router.encoder_select import EncoderMismatchError, backend_plan, serving_encoder
+    from router.encoding.encoder import FINETUNE_MARKER, Encoder
+    from router.encoding.select import EncoderMismatchError, backend_plan, serving_encoder
 
     policy, _ = fitted
     path = policy.save(tmp_path / "art", meta={"encoder": {"model_name": "stock"}})

@@ -142,7 +142,7 @@ class RoutingConfig(_Strict):
     #: output tokens reserved for a call whose request gives no max_tokens
     reserve_output_tokens: int = Field(default=512, ge=1)
     embedding_cache_size: int = Field(default=4096, ge=0)
-    #: encoder runtime for the artifacts (router.encoder_select): auto = ONNX int8/fp32 on
+    #: encoder runtime for the artifacts (router.encoding.select): auto = ONNX int8/fp32 on
     #: CPU (torch if ONNX is unavailable), CUDA when present; or artifact/torch/onnx/onnx-int8
     encoder_backend: Literal["auto", "artifact", "torch", "onnx", "onnx-int8"] = "auto"
     #: encoder device (cpu, cuda, cuda:1); default: CUDA when present
@@ -150,7 +150,7 @@ class RoutingConfig(_Strict):
     #: intra-op threads of the ONNX encoder (default min(2, cores): lowest route latency;
     #: 1 gives ~12% more micro-batched throughput on 2 cores, benchmarks/bench_route.py)
     encoder_threads: int | None = Field(default=None, ge=1, le=64)
-    #: micro-batching of encoder passes across concurrent requests (router.batcher)
+    #: micro-batching of encoder passes across concurrent requests (router.encoding.batcher)
     batch_max: int = Field(default=32, ge=1, le=1024)
     batch_wait_ms: float = Field(default=0.0, ge=0, lt=1000)
     #: weight of a cascade's automatic agreement rewards (router.auto_rewards) in the

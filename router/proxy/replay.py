@@ -262,7 +262,7 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
     """
     from policies import REGISTRY, load_policy, make_policy
     from router import datasets
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
     from router.proxy.config import parse_config
 
     state_dir = Path(state_dir)

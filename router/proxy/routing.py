@@ -17,7 +17,7 @@ The policy's models are mapped to backends by ``routing.model_map`` (identity by
 models with no backend are never chosen.
 
 :class:`HashingBackend` is a model-free encoder backend (feature hashing of word unigrams
-and bigrams), registered as ``backend="hashing"`` of :class:`router.encoder.Encoder`; it
+and bigrams), registered as ``backend="hashing"`` of :class:`router.encoding.encoder.Encoder`; it
 is meant for tests, benchmarks and routing where semantic embeddings are not needed.
 """
 
@@ -73,7 +73,7 @@ class HashingBackend:
 
 def _register_hashing() -> None:
     try:
-        from router.encoder import BACKENDS, register_backend
+        from router.encoding.encoder import BACKENDS, register_backend
     except ImportError:  # encoder module absent: nothing to register into
         return
     if "hashing" not in BACKENDS:
@@ -93,12 +93,12 @@ def load_encoder(cfg: dict[str, Any] | None, backend: str = "artifact",
                  expected_dim: int | None = None, **overrides: Any):
     """An encoder for an artifact's ``meta["encoder"]`` (the default MiniLM if absent).
 
-    ``backend`` is a :mod:`router.encoder_select` choice: ``"artifact"`` (the recorded
+    ``backend`` is a :mod:`router.encoding.select` choice: ``"artifact"`` (the recorded
     runtime, loaded lazily) or ``"auto"``/a runtime name (loaded now and checked against
     the artifact's dimension and ``expected_dim``).
     """
-    from router.encoder import Encoder
-    from router.encoder_select import ONNX_BACKENDS, serving_encoder
+    from router.encoding.encoder import Encoder
+    from router.encoding.select import ONNX_BACKENDS, serving_encoder
 
     _register_hashing()
     threads = overrides.pop("threads", None)
@@ -244,7 +244,7 @@ class ServedPolicy:
     def batcher(self):
         """The micro-batcher that shares encoder passes between concurrent requests."""
         if self._batcher is None:
-            from router.batcher import MicroBatcher
+            from router.encoding.batcher import MicroBatcher
 
             self._batcher = MicroBatcher(self.encoder.encode, self.batch_max, self.batch_wait_ms)
         return self._batcher
@@ -420,7 +420,7 @@ def price_policy(backends: dict[str, Any], est_prompt_tokens: int, est_output_to
     and the others follow by price.
     """
     from policies import make_policy
-    from router.encoder import Encoder
+    from router.encoding.encoder import Encoder
 
     _register_hashing()
     names = list(backends)

@@ -4,7 +4,7 @@
     router route --artifact out/knn "..." --budget 0.001 --json
 
 Embeds the prompt with a runtime of the encoder recorded in the artifact (ONNX int8 by
-default, see :mod:`router.encoder_select`), asks the policy for every model's estimated
+default, see :mod:`router.encoding.select`), asks the policy for every model's estimated
 quality and cost, and prints the chosen model and the runner-up.
 """
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("the prompt is empty")
 
     from policies import load_policy
-    from router.encoder import EncoderError
+    from router.encoding.encoder import EncoderError
     from router.proxy.routing import load_encoder
 
     policy = load_policy(args.artifact)

@@ -1,13 +1,13 @@
 """Int8 validation of a model that is not the stock encoder (e.g. a fine-tuned RouterDC's).
 
 The stock all-MiniLM-L6-v2 is served in int8 because its int8 export was measured to keep
-routing accuracy (:data:`router.encoder_select.INT8_VALIDATED`). A fine-tuned copy has
+routing accuracy (:data:`router.encoding.select.INT8_VALIDATED`). A fine-tuned copy has
 other weights, so its int8 export is measured when the artifact is written
 (:func:`validate_int8`): the int8 ONNX vectors of sample training prompts against the
 torch fp32 ones (cosine, the criterion used for the stock model), and, given a decision
 function, how often the routing decision stays the same. The result goes into
 :data:`INT8_FILE` next to the model, with the model's signature; :func:`int8_validated`
-reads it when :mod:`router.encoder_select` plans the serving backends (int8 only when the
+reads it when :mod:`router.encoding.select` plans the serving backends (int8 only when the
 file says it passed *for these model files*; otherwise ONNX fp32).
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from router.encoder import Encoder, EncoderError, model_signature
+from router.encoding.encoder import Encoder, EncoderError, model_signature
 
 log = logging.getLogger(__name__)
 
 INT8_FILE = "costroute_int8.json"
-MIN_MEAN_COSINE = 0.99  # as for the stock encoder (router/fast_encoder.py)
+MIN_MEAN_COSINE = 0.99  # as for the stock encoder (router/encoding/onnx.py)
 MIN_COSINE = 0.95
 MIN_AGREEMENT = 0.95  # share of sample prompts routed the same at every checked lam
 

@@ -14,13 +14,13 @@ another; any other backend (e.g. ``hashing``) computes different vectors and is 
   failed). With CUDA: torch in fp16 on the GPU, or ONNX on the CUDA provider.
 * ``artifact``: exactly the recorded backend;
 * ``torch`` / ``onnx`` / ``onnx-int8``: that runtime, no fallback;
-* ``static`` (:mod:`router.static_encoder`): a static model distilled from the recorded
+* ``static`` (:mod:`router.encoding.static`): a static model distilled from the recorded
   one; different vectors, so only for artifacts trained with it (``router train
   --encoder-backend static``), which ``auto`` serves with it too.
 
 The chosen backend is loaded at once (the ONNX export, cached on disk, happens here at
 start, not on the first request), and checked against the artifact: same dimension,
-and, when recorded, the same model files (:func:`router.encoder.model_signature`).
+and, when recorded, the same model files (:func:`router.encoding.encoder.model_signature`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from router.encoder import DEFAULT_MODEL, Encoder, EncoderError, cuda_present, resolve_model
+from router.encoding.encoder import (
+    DEFAULT_MODEL,
+    Encoder,
+    EncoderError,
+    cuda_present,
+    resolve_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +53,10 @@ INT8_VALIDATED = frozenset({DEFAULT_MODEL})
 
 def int8_ok(model_key: str) -> bool:
     """Int8 keeps this model's routing: measured for the stock model, or recorded for a
-    model directory (a fine-tuned encoder) by :func:`router.encoder_check.validate_int8`."""
+    model directory (a fine-tuned encoder) by :func:`router.encoding.check.validate_int8`."""
     if model_key in INT8_VALIDATED:
         return True
-    from router.encoder_check import int8_validated
+    from router.encoding.check import int8_validated
 
     return int8_validated(model_key)
 
@@ -117,10 +123,10 @@ def serving_encoder(cfg: dict[str, Any] | None, choice: str = "auto",
     """The loaded encoder serving vectors compatible with an artifact's ``cfg``.
 
     ``threads``: intra-op threads of an ONNX runtime (None: the backend's default,
-    ``min(2, cores)``, :func:`router.fast_encoder.default_threads`).
+    ``min(2, cores)``, :func:`router.encoding.onnx.default_threads`).
 
     Raises :class:`EncoderMismatchError` when the artifact's dimension does not match,
-    and :class:`~router.encoder.EncoderError` when no candidate backend loads.
+    and :class:`~router.encoding.encoder.EncoderError` when no candidate backend loads.
     """
     cfg = dict(cfg or Encoder().config())
     trained = str(cfg.get("backend", "torch"))

@@ -5,8 +5,8 @@ pairs, a directory of data files, or ``demo``) and prints rows, models, rows per
 mean quality (missing cells count as 0, the evaluation policy; the mean over observed cells
 beside it), mean cost per 1k queries and missing cells -- for train and test separately when
 PATH is a pair directory. ``router data demo --out PATH`` writes the demo dataset as JSONL.
-``router data label`` (:mod:`router.cmd_label`) and ``router data from-logs``
-(:mod:`router.cmd_from_logs`) make datasets of your own models' answers and gateway logs.
+``router data label`` (:mod:`router.commands.label`) and ``router data from-logs``
+(:mod:`router.commands.from_logs`) make datasets of your own models' answers and gateway logs.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--test-fraction", type=float, default=0.3,
                       help="test share when writing a train/test pair (default 0.3)")
-    from router import cmd_from_logs, cmd_label
+    from router.commands import from_logs as cmd_from_logs
+    from router.commands import label as cmd_label
 
     label = sub.add_parser("label", help="answer and grade prompts with the config's backends",
                            description=cmd_label.__doc__.split("\n")[0].split(": ", 1)[1])
@@ -62,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if action is None:
         raise CLIError("give an action: router data inspect PATH | router data demo --out PATH")
     if action == "label":
-        from router import cmd_label
+        from router.commands import label as cmd_label
 
         return cmd_label.run(args)
     if action == "from-logs":
-        from router import cmd_from_logs
+        from router.commands import from_logs as cmd_from_logs
 
         return cmd_from_logs.run(args)
     with warnings.catch_warnings(record=True) as caught:

@@ -15,7 +15,7 @@ arrived together, or the previous batch held several): a lone request on an idle
 goes straight through. Requests created in the same event-loop iteration always share a
 batch.
 
-Any ``encode_batch(list[str]) -> (n, d) array`` works: :class:`router.fast_encoder.OnnxBackend`,
+Any ``encode_batch(list[str]) -> (n, d) array`` works: :class:`router.encoding.onnx.OnnxBackend`,
 a torch backend, or ``Encoder.encode``. An exception from it is raised in every request of
 that batch; a cancelled request is dropped without affecting the others.
 """

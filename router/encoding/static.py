@@ -13,13 +13,13 @@ Where the model comes from, by what ``model_path`` holds:
   distilled once with model2vec (:func:`model2vec.distill.distill`: every vocabulary token
   run through the model, PCA to ``pca_dims``, Zipf/SIF weighting), offline from the
   installed weights, and cached at ``<cache>/static/<fingerprint>-<recipe>/`` (written
-  atomically under a file lock, like the ONNX export of :mod:`router.fast_encoder`);
-  ``python -m router.static_encoder`` does it ahead (e.g. in an image build).
+  atomically under a file lock, like the ONNX export of :mod:`router.encoding.onnx`);
+  ``python -m router.encoding.static`` does it ahead (e.g. in an image build).
 
 The vectors differ from the source model's (a different model, not a runtime of it), so
 an artifact trained with ``static`` is served with ``static`` and checked by its
 signature (the source model's files plus the distillation recipe), see
-:mod:`router.encoder_select`. Embedding-cache tag: ``static-<recipe>``.
+:mod:`router.encoding.select`. Embedding-cache tag: ``static-<recipe>``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from router.encoder import EncoderError, model_signature, text_list
-from router.fast_encoder import _file_lock, default_onnx_cache_dir, model_fingerprint
+from router.encoding.encoder import EncoderError, model_signature, text_list
+from router.encoding.onnx import _file_lock, default_onnx_cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _distil(model_dir: Path, out_dir: Path, pca_dims: int,
             f"(pip install 'model2vec[distill]'): {exc}") from exc
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        from router.encoder import _quiet_transformers
+        from router.encoding.encoder import _quiet_transformers
 
         with _quiet_transformers():
             kwargs = {} if token_remove_pattern is None else {
@@ -333,7 +333,7 @@ class StaticBackend:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m router.static_encoder [MODEL_DIR]``: distil now (into the cache)."""
+    """``python -m router.encoding.static [MODEL_DIR]``: distil now (into the cache)."""
     import argparse
 
     ap = argparse.ArgumentParser(description="distil a sentence-transformers model into a "
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None, help="default: $COSTROUTE_CACHE_DIR/static")
     ap.add_argument("--pca-dims", type=int, default=DEFAULT_PCA_DIMS)
     args = ap.parse_args(argv)
-    from router.encoder import _default_model_path
+    from router.encoding.encoder import _default_model_path
 
     try:
         model_dir = Path(args.model_dir) if args.model_dir else _default_model_path()

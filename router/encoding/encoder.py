@@ -2,7 +2,7 @@
 
 ``Encoder`` turns prompts into L2-normalised float32 vectors. It applies a text view
 (:mod:`router.textview`), looks every distinct viewed text up in the
-:class:`~router.embcache.EmbeddingCache`, runs only the misses through the model (deduped,
+:class:`~router.encoding.cache.EmbeddingCache`, runs only the misses through the model (deduped,
 batched, longest first) and stores them. The model loads lazily on the first encode that
 needs it, so constructing an ``Encoder`` is cheap, and a fully cached encode never loads it. Loaded models are shared by all
 ``Encoder`` objects of the process with the same model, device and backend settings.
@@ -17,12 +17,12 @@ The model runtime is a small object with ``dim`` and ``encode_batch(texts) -> (n
 float32 array (L2-normalised rows), built by a factory
 ``factory(model_path, *, device, max_seq_length, **options)``. ``"torch"``
 (:class:`TorchBackend`) is built in; :data:`BACKENDS` maps names to ``"module:attr"`` so
-other backends (``"onnx"``, ``"onnx-int8"`` in :mod:`router.fast_encoder`) load on demand,
+other backends (``"onnx"``, ``"onnx-int8"`` in :mod:`router.encoding.onnx`) load on demand,
 and :func:`register_backend` adds more. A factory may define ``cache_tag`` (str): when set,
 its vectors are cached apart from other backends' (``cache_tag_for(device, options)``
 when it depends on them, e.g. torch in fp16), so the cache never mixes runtimes: torch fp32
 ``""``, torch fp16 ``"fp16"``, ``"onnx"``, ``"onnx-int8"``. Which backend serves an
-artifact is decided by :mod:`router.encoder_select`.
+artifact is decided by :mod:`router.encoding.select`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from router.embcache import EmbeddingCache, text_hash
+from router.encoding.cache import EmbeddingCache, text_hash
 from router.textview import DEFAULT_VIEW, TextView, TextViewError, parse_view
 
 if TYPE_CHECKING:
@@ -89,10 +89,10 @@ class EncoderBackend(Protocol):
 BackendFactory = Callable[..., EncoderBackend]
 
 BACKENDS: dict[str, str | BackendFactory] = {
-    "torch": "router.encoder:TorchBackend",
-    "onnx": "router.fast_encoder:OnnxBackend",
-    "onnx-int8": "router.fast_encoder:OnnxInt8Backend",
-    "static": "router.static_encoder:StaticBackend",
+    "torch": "router.encoding.encoder:TorchBackend",
+    "onnx": "router.encoding.onnx:OnnxBackend",
+    "onnx-int8": "router.encoding.onnx:OnnxInt8Backend",
+    "static": "router.encoding.static:StaticBackend",
 }
 
 

@@ -151,7 +151,7 @@ def cluster_tasks(rows: list[dict], k: int, encoder: str | None = None, seed: in
             raise CLIError(f"--encoder {encoder}: expected hashing[:DIM] with DIM >= 2")
         enc = load_encoder(hashing_encoder_config(int(dim)), use_cache=False)
     else:
-        from router.encoder import Encoder, EncoderError
+        from router.encoding.encoder import Encoder, EncoderError
 
         try:
             enc = Encoder(model_name=encoder) if encoder else Encoder()

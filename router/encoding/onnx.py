@@ -18,11 +18,11 @@ fingerprint covers the model directory's config, tokenizer and weight files (siz
 mtime), the export recipe version and the quantisation recipe, so editing a model
 re-exports it. Exports run under a file lock (one process exports, the others wait).
 
-Registered with :class:`router.encoder.Encoder` as ``backend="onnx"`` (fp32) and
+Registered with :class:`router.encoding.encoder.Encoder` as ``backend="onnx"`` (fp32) and
 ``backend="onnx-int8"``; each has its own embedding-cache tag (never mixed with torch's).
-``router serve`` / ``router route`` use them by default (:mod:`router.encoder_select`).
+``router serve`` / ``router route`` use them by default (:mod:`router.encoding.select`).
 On a fresh machine the export runs once, offline, from the installed weights, when the
-gateway starts; ``python -m router.fast_encoder`` does it ahead (e.g. in an image build).
+gateway starts; ``python -m router.encoding.onnx`` does it ahead (e.g. in an image build).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from router.encoder import EncoderError, text_list
+from router.encoding.encoder import EncoderError, text_list
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _export(model_dir: Path, out_dir: Path) -> None:
     except ImportError as exc:  # pragma: no cover - both are dependencies
         raise EncoderError(f"exporting to ONNX needs torch and sentence-transformers: {exc}") from exc
 
-    from router.encoder import _finite_length, _quiet_transformers
+    from router.encoding.encoder import _finite_length, _quiet_transformers
 
     with _quiet_transformers():
         try:
@@ -286,7 +286,7 @@ def ensure_onnx(
 # runtime
 # --------------------------------------------------------------------------------------
 def _default_model_dir() -> Path:
-    from router.encoder import _default_model_path
+    from router.encoding.encoder import _default_model_path
 
     return _default_model_path()
 
@@ -518,7 +518,7 @@ class OnnxInt8Backend(OnnxBackend):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m router.fast_encoder [MODEL_DIR] [--fp32-only]``: export (and quantise) now."""
+    """``python -m router.encoding.onnx [MODEL_DIR] [--fp32-only]``: export (and quantise) now."""
     import argparse
 
     ap = argparse.ArgumentParser(description="export a sentence-transformers model to ONNX "

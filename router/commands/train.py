@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="encoder runtime the artifact is trained (and served) with: "
                         "torch, onnx, onnx-int8, or static (the encoder distilled into a "
                         "static model, sub-millisecond routing); default: "
-                        "router.encoder_select.TRAIN_DEFAULT")
+                        "router.encoding.select.TRAIN_DEFAULT")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="policy parameter (JSON value or string); repeatable")
     parser.add_argument("--seed", type=int, default=0,
@@ -108,7 +108,7 @@ def _log(args: argparse.Namespace, message: str) -> None:
 
 
 def _encoder(args: argparse.Namespace):
-    from router.encoder import Encoder, EncoderError
+    from router.encoding.encoder import Encoder, EncoderError
 
     if args.encoder and args.encoder.split(":", 1)[0] == "hashing":
         from router.proxy.routing import hashing_encoder_config, load_encoder
@@ -118,7 +118,7 @@ def _encoder(args: argparse.Namespace):
             raise CLIError(f"--encoder {args.encoder}: expected hashing[:DIM] with DIM >= 2")
         return load_encoder(hashing_encoder_config(int(dim)), use_cache=False)
 
-    from router.encoder_select import TRAIN_BACKENDS, TRAIN_DEFAULT
+    from router.encoding.select import TRAIN_BACKENDS, TRAIN_DEFAULT
 
     backend = getattr(args, "encoder_backend", None) or TRAIN_DEFAULT
     if backend not in TRAIN_BACKENDS:
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     _log(args, f"  {train.name}: {len(train)} train prompts, {train.n_models} models, "
                f"{len(train.task_names)} tasks, {train.mask.size - n_obs} missing cells")
 
-    from router.encoder import EncoderError, embed_dataset
+    from router.encoding.encoder import EncoderError, embed_dataset
 
     _log(args, f"embedding with {encoder.model_id} ...")
     t0 = time.perf_counter()
