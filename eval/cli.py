@@ -387,19 +387,15 @@ def _embed(ctx: EvalContext, specs, artifact_policies) -> None:
             f"these policies read embeddings, but the encoder is unavailable: {exc}"
         ) from None
     args = ctx.args
-    from router.encoding.select import TRAIN_BACKENDS, TRAIN_DEFAULT
+    from router.encoding.select import train_encoder_kwargs
 
-    backend = getattr(args, "encoder_backend", None) or TRAIN_DEFAULT
-    if backend not in TRAIN_BACKENDS:
+    try:
+        kwargs = train_encoder_kwargs(args.encoder, getattr(args, "encoder_backend", None),
+                                      args.text_view)
+    except ValueError as exc:
         from router.cli import CLIError
 
-        raise CLIError(f"--encoder-backend {backend!r}: expected one of "
-                       + ", ".join(TRAIN_BACKENDS))
-    kwargs: dict[str, Any] = {"backend": backend}
-    if args.encoder:
-        kwargs["model_name"] = args.encoder
-    if args.text_view:
-        kwargs["text_view"] = args.text_view
+        raise CLIError(str(exc)) from None
     cache = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     progress = not args.quiet
     t0 = time.perf_counter()

@@ -118,19 +118,13 @@ def _encoder(args: argparse.Namespace):
             raise CLIError(f"--encoder {args.encoder}: expected hashing[:DIM] with DIM >= 2")
         return load_encoder(hashing_encoder_config(int(dim)), use_cache=False)
 
-    from router.encoding.select import TRAIN_BACKENDS, TRAIN_DEFAULT
+    from router.encoding.select import train_encoder_kwargs
 
-    backend = getattr(args, "encoder_backend", None) or TRAIN_DEFAULT
-    if backend not in TRAIN_BACKENDS:
-        raise CLIError(f"--encoder-backend {backend!r}: expected one of "
-                       + ", ".join(TRAIN_BACKENDS))
-    kwargs: dict[str, Any] = {"backend": backend}
-    if args.encoder:
-        kwargs["model_name"] = args.encoder
-    if args.text_view:
-        kwargs["text_view"] = args.text_view
-    if args.cache_dir:
-        kwargs["cache_dir"] = args.cache_dir
+    try:
+        kwargs = train_encoder_kwargs(args.encoder, getattr(args, "encoder_backend", None),
+                                      args.text_view, args.cache_dir)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.device:
         kwargs["device"] = args.device
     try:

@@ -176,3 +176,21 @@ def first_loading(cfg: dict[str, Any], plan: Sequence[tuple[str, str | None]],
                      enc.model_id, backend, enc.device, trained)
         return enc
     raise EncoderError("no encoder backend could be loaded: " + "; ".join(errors))
+
+
+def train_encoder_kwargs(model: str | None, backend: str | None, text_view: str | None,
+                         cache_dir: str | None = None) -> dict[str, Any]:
+    """``Encoder`` keyword arguments for training/evaluating from CLI flags (None = default);
+    ValueError naming the flag for an unknown backend."""
+    backend = backend or TRAIN_DEFAULT
+    if backend not in TRAIN_BACKENDS:
+        raise ValueError(f"--encoder-backend {backend!r}: expected one of "
+                         + ", ".join(TRAIN_BACKENDS))
+    kwargs: dict[str, Any] = {"backend": backend}
+    if model:
+        kwargs["model_name"] = model
+    if text_view:
+        kwargs["text_view"] = text_view
+    if cache_dir:
+        kwargs["cache_dir"] = cache_dir
+    return kwargs
