@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.proxy.outcomes import prompt_hash
+from router.state.outcome_store import merge_events
 
 
 @dataclass
@@ -35,30 +36,9 @@ class FromLogsReport:
 
 def select_feedback(events: Iterable[dict[str, Any]], sources: set[str] | None
                     ) -> list[dict[str, Any]]:
-    """Outcome records (first-seen order, deduplicated) with the latest allowed feedback."""
-    outcomes: dict[str, dict[str, Any]] = {}
-    feedback: dict[str, dict[str, Any]] = {}
-    for ev in events:
-        rid = ev.get("request_id")
-        if not rid:
-            continue
-        if ev.get("event") == "feedback":
-            if sources is not None and ev.get("source", "api") not in sources:
-                continue
-            prev = feedback.get(rid)
-            if prev is None or (ev.get("ts") or 0) >= (prev.get("ts") or 0):
-                feedback[rid] = {k: ev[k] for k in ("reward", "ts", "source") if k in ev}
-        elif rid in outcomes:
-            outcomes[rid].update(ev)
-        else:
-            outcomes[rid] = dict(ev)
-    out = []
-    for rid, rec in outcomes.items():
-        rec.pop("event", None)
-        if rid in feedback:
-            rec["feedback"] = feedback[rid]
-        out.append(rec)
-    return out
+    """Outcome records (first-seen order, deduplicated) with the latest allowed feedback;
+    feedback for a request without an outcome event is dropped."""
+    return [rec for rec in merge_events(events, sources) if not rec.get("outcome_missing")]
 
 
 def filter_records(records: Iterable[dict[str, Any]], sources: set[str] | None

@@ -184,3 +184,25 @@ def test_latest_allowed_feedback_wins():
     assert report.skipped["not answered (error)"] == 1
     only_auto, _ = build_rows(select_feedback(events, {"auto"}), {})
     assert only_auto[0]["scores"] == {"m1": 0.0, "m2": 0.5}
+
+
+def test_orphan_feedback_dropped_and_store_filters_sources():
+    from router.from_logs import select_feedback
+    from router.state.outcome_store import merge_events
+
+    events = [
+        {"event": "outcome", "request_id": "a", "status": "ok", "model": "m1", "cost": 0.1,
+         "prompt": "p", "ts": 1},
+        {"event": "feedback", "request_id": "a", "reward": 1.0, "source": "replay", "ts": 2},
+        {"event": "feedback", "request_id": "a", "reward": 0.0, "ts": None},  # api, no ts
+        {"event": "feedback", "request_id": "ghost", "reward": 1.0, "source": "api", "ts": 3},
+    ]
+    merged = merge_events(events)
+    assert [r["request_id"] for r in merged] == ["a", "ghost"]
+    assert merged[1]["outcome_missing"] is True
+    assert merged[0]["feedback"]["reward"] == 1.0  # the later ts wins over a missing one
+    assert merge_events(events, {"api"})[0]["feedback"] == {"reward": 0.0, "ts": None}
+    assert "feedback" not in merge_events(events, {"auto"})[0]
+    picked = select_feedback(events, {"replay"})
+    assert [r["request_id"] for r in picked] == ["a"]
+    assert picked[0]["feedback"]["source"] == "replay"

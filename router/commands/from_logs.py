@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -91,6 +90,7 @@ def _events(args: argparse.Namespace, sources: set[str] | None) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from router.cli import CLIError
+    from router.commands.output import check_out, write_jsonl
     from router.from_logs import build_rows, prompt_index
     from router.prompt_file import PromptFileError, read_prompts
 
@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
         if bad or not sources:
             raise CLIError(f"--sources: unknown source(s) {bad}; use api, auto, replay")
     out = Path(args.out)
-    if out.is_dir():
-        raise CLIError(f"--out {out}: is a directory")
+    if why := check_out(out):
+        raise CLIError(why)
     if args.cluster_tasks is not None and args.cluster_tasks < 1:
         raise CLIError(f"--cluster-tasks must be >= 1, got {args.cluster_tasks}")
     prompts = {}
@@ -122,14 +122,7 @@ def run(args: argparse.Namespace) -> int:
                        "answer, a reward (POST /v1/feedback) and its prompt text")
     if args.cluster_tasks is not None:
         cluster_tasks(rows, args.cluster_tasks, args.encoder)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    write_jsonl(out, rows)
     mix = ", ".join(f"{m} {n}" for m, n in report.per_model.most_common())
     print(f"router data from-logs: wrote {out}: {report.rows} prompts from {report.used} of "
           f"{report.requests} requests ({mix})", file=sys.stderr)

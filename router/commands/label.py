@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,9 +78,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise _fail(f"--max-usd must be >= 0, got {args.max_usd}")
     if args.backoff < 0:
         raise _fail(f"--backoff must be >= 0, got {args.backoff}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise _fail(f"--out {out}: is a directory")
+    from router.commands.output import check_out
+
+    if why := check_out(args.out):
+        raise _fail(why)
 
 
 def resolve_graders(items: list[Any], specs: list[str], backends: list[str]) -> list[Any]:
@@ -209,18 +208,11 @@ async def _label(args, cfg, items, models, graders, judges, out: Path, journal_p
 
 def write_dataset(out: Path, items, models, graders, journal, task: str) -> tuple[int, int]:
     """Write the dataset atomically; (rows, answered cells without a grade)."""
+    from router.commands.output import write_jsonl
     from router.label import dataset_records
 
     records, ungraded = dataset_records(items, models, graders, journal, task)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    return len(records), ungraded
+    return write_jsonl(out, records), ungraded
 
 
 def _summary(args, report, out: Path, journal_path: Path, n_rows: int, ungraded: int,

@@ -42,8 +42,14 @@ class OutcomeStore(Protocol):
     def close(self) -> None: ...
 
 
-def merge_events(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Outcomes in first-seen order, deduplicated by request id, feedback merged in."""
+def merge_events(events: Iterable[dict[str, Any]],
+                 sources: set[str] | None = None) -> list[dict[str, Any]]:
+    """Outcomes in first-seen order, deduplicated by request id, the latest feedback merged in.
+
+    ``sources``: only feedback events of these sources count (``source`` absent: ``api``);
+    None: all. Feedback whose request has no outcome event is kept as a record marked
+    ``outcome_missing``.
+    """
     outcomes: dict[str, dict[str, Any]] = {}
     feedback: dict[str, dict[str, Any]] = {}
     for ev in events:
@@ -51,8 +57,10 @@ def merge_events(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         if not rid:
             continue
         if ev.get("event") == "feedback":
+            if sources is not None and ev.get("source", "api") not in sources:
+                continue
             prev = feedback.get(rid)
-            if prev is None or ev.get("ts", 0) >= prev.get("ts", 0):
+            if prev is None or (ev.get("ts") or 0) >= (prev.get("ts") or 0):
                 feedback[rid] = {k: ev[k] for k in ("reward", "ts", "source") if k in ev}
         else:
             if rid in outcomes:
