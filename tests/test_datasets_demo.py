@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from router.catalogue import ModelCatalogue
-from router.datasets import (
-    DEMO_MODELS,
-    DEMO_TASKS,
-    DatasetError,
-    generate_demo_dataset,
-    load_dataset,
-    save_jsonl,
-)
+from router.datasets import DatasetError, load_dataset, save_jsonl
+from router.demo_dataset import DEMO_MODELS, DEMO_TASKS, generate_demo_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,8 @@ import pandas as pd
 import pytest
 
 from router.catalogue import ModelCatalogue
-from router.datasets import (
-    DatasetError,
-    concat_datasets,
-    detect_format,
-    load_dataset,
-    save_jsonl,
-    task_from_filename,
-)
+from router.dataset_formats import detect_format, task_from_filename
+from router.datasets import DatasetError, concat_datasets, load_dataset, save_jsonl
 
 MODELS = ["m-big", "m-small"]
 

@@ -14,7 +14,8 @@ import numpy as np
 import openai
 import pytest
 
-from router.datasets import generate_demo_dataset, load_split, save_jsonl
+from router.datasets import load_split, save_jsonl
+from router.demo_dataset import generate_demo_dataset
 from tests.conftest import ROUTERBENCH, free_port, needs_shared
 from tests.upstream import GatewayServer
 

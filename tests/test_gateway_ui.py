@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.datasets import generate_demo_dataset, load_split, save_jsonl
+from router.datasets import load_split, save_jsonl
+from router.demo_dataset import generate_demo_dataset
 from router.proxy.config import KeyEntry, KeysConfig
 from tests.upstream import GatewayServer
 

@@ -189,7 +189,8 @@ def _fmt(x: float | None, digits: int) -> str:
 
 def _demo(args: argparse.Namespace) -> int:
     from router.cli import CLIError
-    from router.datasets import DatasetError, generate_demo_dataset, save_jsonl
+    from router.datasets import DatasetError, save_jsonl
+    from router.demo_dataset import generate_demo_dataset
 
     if args.n < 2:
         raise CLIError(f"--n must be >= 2, got {args.n}")

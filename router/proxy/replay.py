@@ -262,6 +262,7 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
     """
     from policies import REGISTRY, load_policy, make_policy
     from router import datasets
+    from router.demo_dataset import generate_demo_dataset
     from router.encoding.encoder import Encoder
     from router.proxy.config import parse_config
 
@@ -271,7 +272,7 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
         split = datasets.load_split(str(path))
         source = str(path)
     else:
-        split = DatasetSplit(*datasets.generate_demo_dataset().split(0.3, 0))
+        split = DatasetSplit(*generate_demo_dataset().split(0.3, 0))
         source = "generated demo dataset"
     train, test = split.train, split.test
     if policy_name is None:
