@@ -38,13 +38,16 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from router.encoding.encoder import EncoderError, text_list
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,34 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_once(done: Path, lock: Path, build: Callable[[], None], what: str) -> None:
+    """Run ``build`` unless the file ``done`` exists, holding the file lock ``lock``: one
+    process builds a cache entry, the others wait for it and reuse it."""
+    if done.is_file():
+        return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EncoderError(f"cannot create the {what} cache directory {lock.parent}: {exc}") \
+            from exc
+    with _file_lock(lock):
+        if not done.is_file():
+            build()
+
+
+def lru_put(lru: OrderedDict[str, np.ndarray], lock: threading.Lock,
+            items: Iterable[tuple[str, np.ndarray]], size: int) -> None:
+    """Keep read-only copies of ``items`` as the newest entries of ``lru`` (at most ``size``)."""
+    with lock:
+        for text, vec in items:
+            vec = vec.copy()
+            vec.setflags(write=False)
+            lru[text] = vec
+            lru.move_to_end(text)
+        while len(lru) > size:
+            lru.popitem(last=False)
 
 
 def _atomic_target(target: Path) -> Path:
@@ -261,18 +292,16 @@ def ensure_onnx(
     fp32 = out_dir / "model.onnx"
     int8 = out_dir / f"model.int8.{hashlib.sha256(QUANT_RECIPE.encode()).hexdigest()[:8]}.onnx"
     want = int8 if quantize else fp32
-    if not want.is_file():
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EncoderError(f"cannot create the ONNX cache directory {out_dir}: {exc}") from exc
-        with _file_lock(out_dir / ".lock"):
-            if not fp32.is_file():
-                log.info("exporting %s to ONNX in %s", model_dir, out_dir)
-                _export(model_dir, out_dir)
-            if quantize and not int8.is_file():
-                log.info("quantising %s to int8", fp32)
-                _quantize(fp32, int8)
+
+    def build() -> None:
+        if not fp32.is_file():
+            log.info("exporting %s to ONNX in %s", model_dir, out_dir)
+            _export(model_dir, out_dir)
+        if quantize and not int8.is_file():
+            log.info("quantising %s to int8", fp32)
+            _quantize(fp32, int8)
+
+    build_once(want, out_dir / ".lock", build, "ONNX")
     try:
         meta = json.loads((out_dir / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -477,15 +506,9 @@ class OnnxBackend:
             self.misses += sum(len(v) for v in todo.values())
         if todo:
             fresh = self._encode_uncached(list(todo))
-            with self._lock:
-                for (text, rows), vec in zip(todo.items(), fresh, strict=True):
-                    out[rows] = vec
-                    vec = vec.copy()
-                    vec.setflags(write=False)
-                    self._lru[text] = vec
-                    self._lru.move_to_end(text)
-                while len(self._lru) > self.lru_size:
-                    self._lru.popitem(last=False)
+            for rows, vec in zip(todo.values(), fresh, strict=True):
+                out[rows] = vec
+            lru_put(self._lru, self._lock, zip(todo, fresh, strict=True), self.lru_size)
         return out
 
     def encode_one(self, text: str) -> np.ndarray:
@@ -517,15 +540,21 @@ class OnnxInt8Backend(OnnxBackend):
         super().__init__(model_path, **kwargs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m router.encoding.onnx [MODEL_DIR] [--fp32-only]``: export (and quantise) now."""
+def cache_cli(description: str, sub: str) -> argparse.ArgumentParser:
+    """Parser of a ``python -m`` command that fills the ``<cache>/<sub>`` cache ahead."""
     import argparse
 
-    ap = argparse.ArgumentParser(description="export a sentence-transformers model to ONNX "
-                                             "(and int8) into the costroute cache")
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("model_dir", nargs="?", default=None,
                     help="local model directory (default: the packaged all-MiniLM-L6-v2)")
-    ap.add_argument("--cache-dir", default=None, help="default: $COSTROUTE_CACHE_DIR/onnx")
+    ap.add_argument("--cache-dir", default=None, help=f"default: $COSTROUTE_CACHE_DIR/{sub}")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m router.encoding.onnx [MODEL_DIR] [--fp32-only]``: export (and quantise) now."""
+    ap = cache_cli("export a sentence-transformers model to ONNX (and int8) into the "
+                   "costroute cache", "onnx")
     ap.add_argument("--fp32-only", action="store_true", help="skip the int8 model")
     args = ap.parse_args(argv)
     model_dir = Path(args.model_dir) if args.model_dir else _default_model_dir()

@@ -41,7 +41,13 @@ from typing import Any
 import numpy as np
 
 from router.encoding.encoder import EncoderError, model_signature, text_list
-from router.encoding.onnx import _file_lock, default_onnx_cache_dir, model_fingerprint
+from router.encoding.onnx import (
+    build_once,
+    cache_cli,
+    default_onnx_cache_dir,
+    lru_put,
+    model_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +155,13 @@ def ensure_static(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
         except (re.error, TypeError) as exc:
             raise EncoderError(f"token_remove_pattern {token_remove_pattern!r}: {exc}") from None
     out_dir = root / f"{model_fingerprint(model_dir)}-{recipe(pca_dims, token_remove_pattern)}"
-    if not (out_dir / "model.safetensors").is_file():
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EncoderError(f"cannot create the static-model cache {root}: {exc}") from exc
-        with _file_lock(root / f".{out_dir.name}.lock"):
-            if not (out_dir / "model.safetensors").is_file():
-                log.warning("distilling %s into a static model (once; cached in %s)",
-                            model_dir, out_dir)
-                _distil(model_dir, out_dir, pca_dims, token_remove_pattern)
+
+    def build() -> None:
+        log.warning("distilling %s into a static model (once; cached in %s)", model_dir, out_dir)
+        _distil(model_dir, out_dir, pca_dims, token_remove_pattern)
+
+    build_once(out_dir / "model.safetensors", root / f".{out_dir.name}.lock", build,
+               "static-model")
     return out_dir
 
 
@@ -317,12 +320,7 @@ class StaticBackend:
             for i, e in enumerate(encs):
                 out[i] = self._pool(e.ids)
         if self.lru_size:
-            with self._lock:
-                for t, v in zip(texts, out, strict=True):
-                    self._lru[t] = v.copy()
-                    self._lru.move_to_end(t)
-                while len(self._lru) > self.lru_size:
-                    self._lru.popitem(last=False)
+            lru_put(self._lru, self._lock, zip(texts, out, strict=True), self.lru_size)
         return out
 
     def encode_one(self, text: str) -> np.ndarray:
@@ -334,13 +332,8 @@ class StaticBackend:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m router.encoding.static [MODEL_DIR]``: distil now (into the cache)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="distil a sentence-transformers model into a "
-                                             "static model in the costroute cache")
-    ap.add_argument("model_dir", nargs="?", default=None,
-                    help="local model directory (default: the packaged all-MiniLM-L6-v2)")
-    ap.add_argument("--cache-dir", default=None, help="default: $COSTROUTE_CACHE_DIR/static")
+    ap = cache_cli("distil a sentence-transformers model into a static model in the "
+                   "costroute cache", "static")
     ap.add_argument("--pca-dims", type=int, default=DEFAULT_PCA_DIMS)
     args = ap.parse_args(argv)
     from router.encoding.encoder import _default_model_path
