@@ -26,6 +26,9 @@ KINDS: tuple[str, ...] = ("mc", "number", "yesno", "code", "text")
 
 # ---- kind of a prompt ------------------------------------------------------------------
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Ja-j])[\)\.:]\s+\S", re.MULTILINE)
+#: numbered options ("Option 1: ...", "1) ...", "(2) ..."): Winogrande-style prompts
+_NUMBERED_OPTION_LINE = re.compile(r"^\s*(?:option\s*)?\(?([1-9])[\)\.:]\s+\S",
+                                   re.MULTILINE | re.IGNORECASE)
 _MC_INSTRUCTION = re.compile(
     r"\b(single choice|choose|select|which of the following|options?|answer with the letter"
     r"|correct (?:option|letter|answer))\b", re.IGNORECASE)
@@ -52,6 +55,9 @@ def infer_kind(prompt: str) -> str:
     options = {m.upper() for m in _OPTION_LINE.findall(tail)}
     if len(options) >= 2 and ({"A", "B"} <= options):
         return "mc"
+    numbered = set(_NUMBERED_OPTION_LINE.findall(tail))
+    if {"1", "2"} <= numbered and not _NUMBER_PROMPT.search(tail):
+        return "mc"
     if _CODE_PROMPT.search(tail) or "```python" in tail:
         return "code"
     if _YESNO_PROMPT.search(tail):
@@ -72,6 +78,12 @@ _LETTER_PATTERNS = (
     re.compile(r"^\W*\(?([A-J])\)?(?:[\s\.\):,*]|$)"),  # "B", "(B)", "B) text", "**B**"
     re.compile(r"\b(?i:answer|choice|option)\s*(?i:is)?\s*:?\s*\(?\**([A-J])\b"),
     re.compile(r"^\s*\**\(?([A-J])\)", re.MULTILINE),
+)
+#: a numbered option stated as the answer: "Option 2", "2", "(1) ...", "the answer is option 1"
+_OPTION_NUMBER_PATTERNS = (
+    re.compile(r"^\W*(?i:option\s*)?\(?([1-9])\)?(?:[\s\):,*]|\.(?!\d)|$)"),
+    re.compile(r"\b(?i:answer|choice)\s*(?i:is)?\s*:?\s*(?i:option)?\s*\(?\**([1-9])\b(?!\.\d)"),
+    re.compile(r"\b(?i:option)\s*\(?([1-9])\b(?!\.\d)"),
 )
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _FINAL_NUMBER = re.compile(
@@ -108,12 +120,17 @@ def _extract(text: str, kind: str) -> str | None:
 
 
 def extract_letter(text: str) -> str | None:
-    """The option letter a multiple-choice response picks (first clear statement)."""
+    """The option a multiple-choice response picks (first clear statement): a letter, else
+    an option number ("Option 2" -> "2") for numbered options."""
     stripped = text.strip()
     for pattern in _LETTER_PATTERNS:
         m = pattern.search(stripped)
         if m:
             return m.group(1).upper()
+    for pattern in _OPTION_NUMBER_PATTERNS:
+        m = pattern.search(stripped)
+        if m:
+            return m.group(1)
     return None
 
 

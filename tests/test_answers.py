@@ -27,6 +27,28 @@ def test_infer_kind_from_text_alone(prompt: str, kind: str) -> None:
     assert A.infer_kind(prompt) == kind
 
 
+WINOGRANDE_LIKE = ("Sarah was a much better surgeon than Maria so _ always got the harder cases.\n"
+                   "Option 1: Sarah\nOption 2: Maria\nAnswer:")
+
+
+def test_numbered_options_are_multiple_choice() -> None:
+    assert A.infer_kind(WINOGRANDE_LIKE) == "mc"
+    assert A.infer_kind("1) red\n2) blue\nWhich colour is the sky?") == "mc"
+    # a numbered list in an arithmetic question stays a number question
+    assert A.infer_kind("How many fruits?\n1. three apples\n2. two pears") == "number"
+
+
+@pytest.mark.parametrize("response, key", [
+    ("Option 1", "1"), ("2", "2"), ("2: Maria", "2"), ("The answer is option 2.", "2"),
+    ("(1) Sarah", "1"), ("Sarah", None), ("1.5 times more", None), ("B", "B"),
+])
+def test_extract_option_number(response: str, key: str | None) -> None:
+    assert A.extract(response, "mc") == key
+    if key is not None:  # the same option stated another way agrees
+        other = A.extract(f"Option {key}" if key.isdigit() else f"The answer is {key}.", "mc")
+        assert A.agree(A.extract(response, "mc"), other, "mc")
+
+
 def test_few_shot_examples_of_another_kind_do_not_decide() -> None:
     prompt = ("How many legs has a cat?\nAnswer: 4\n\n"
               "Which is a mammal?\nA) shark\nB) whale\nC) trout\nAnswer:\n")
