@@ -85,7 +85,7 @@ def grade_reference(kind: str, response: str, reference: str) -> float:
     if kind == "mc":
         want = extract(reference, "mc")
         if want is None:
-            raise GraderError(f"reference {reference!r} names no option letter")
+            raise GraderError(f"reference {reference!r} names no option letter or number")
         return float(extract(response, "mc") == want)
     if kind == "number":
         want = extract(reference, "number")

@@ -234,8 +234,8 @@ def test_bad_grader_and_models_are_clear_errors(own, tmp_path, capsys):
     assert "give --grader SPEC" in capsys.readouterr().err
     assert label(tmp_path, cfg, prompts, "--grader", "number", "--models", "small,gpt-9") == 2
     assert "unknown backend(s) ['gpt-9']" in capsys.readouterr().err
-    assert label(tmp_path, cfg, prompts, "--grader", "mc") == 2  # '7' is no option letter
-    assert "q0 (mc): reference '7' names no option letter" in capsys.readouterr().err
+    assert label(tmp_path, cfg, prompts, "--grader", "mc") == 2  # '32' is no option letter or number
+    assert "q1 (mc): reference '32' names no option letter or number" in capsys.readouterr().err
     assert sum(server.upstream.calls.values()) == 0
 
 
