@@ -1,8 +1,10 @@
 """Answer-aware cascades on the RouterBench subset: the done-when figures of issue #12.
 
-Every choice is made on the train split: the cascade policy searches its plans on the
-train responses (policies/cascade_search.py) and the lam grid is `router eval`'s
-``auto`` grid from the train costs. Printed, from the recorded test responses:
+Every choice is made on the train split: the cascade policies search their plans on the
+train responses (policies/cascade_search.py; ``cascade-routed`` also fits its prompt-only
+router, cscr, on the train embeddings, cached on disk) and the lam grid is `router eval`'s
+``auto`` grid from the train costs. Printed per cascade policy, from the recorded test
+responses:
 
 1. overall: the cheapest sweep point reaching gpt-4's test accuracy (and the hull's cost
    to reach it, i.e. mixing two neighbouring plans), against the $2.00 / $1.50 per 1k
@@ -11,10 +13,11 @@ train responses (policies/cascade_search.py) and the lam grid is `router eval`'s
    share of gpt-4's cost there (targets 35% / 40%);
 3. (unless ``--no-aiq``) a full ``router eval`` with the cascade, task-static and the
    prompt-only learned policies (knn, mlp, routerdc, cscr; embeddings cached on disk):
-   AIQ of each with its bootstrap interval, and the cascade's paired AIQ difference against
-   the best prompt-only policy.
+   AIQ of each with its bootstrap interval, and each cascade's paired AIQ difference
+   against the best prompt-only policy.
 
-    python benchmarks/bench_cascade.py [--data DIR] [--no-aiq] [--bootstrap N]
+    python benchmarks/bench_cascade.py [--data DIR] [--policies cascade,cascade-routed]
+                                       [--no-aiq] [--bootstrap N]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "routerbench-subset"
 GPT4 = "gpt-4-1106-preview"
 PROMPT_ONLY = "knn,mlp,routerdc,cscr"
+CASCADES = "cascade,cascade-routed"
 
 
 def _k(cost: float | None) -> str:
@@ -63,25 +67,39 @@ def reach(q: np.ndarray, c: np.ndarray, target: float) -> tuple[float | None, fl
     return point, M.cost_to_reach(M.pareto_hull(c, q), target)
 
 
-def offline(data: Path) -> None:
+def embeddings(train, test) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test embeddings with the default encoder (router eval's disk cache)."""
+    from router.encoding.encoder import Encoder, embed_dataset
+
+    enc = Encoder()
+    return tuple(np.asarray(embed_dataset(d, enc, progress=False), dtype=np.float32)
+                 for d in (train, test))  # type: ignore[return-value]
+
+
+def offline(data: Path, name: str) -> None:
     from eval.cascades import replay
-    from eval.harness import lam_grid
-    from policies import make_policy
+    from eval.harness import lam_grid, needs_embeddings
+    from policies import get_policy_class, make_policy
     from router.datasets import load_split
 
     split = load_split(data)
     train, test = split.train, split.test
     lams = lam_grid("auto", train.eval_matrices()[1])
+    if needs_embeddings(get_policy_class(name)):
+        X_train, X_test = embeddings(train, test)
+    else:
+        X_train, X_test = np.zeros((len(train), 1), np.float32), None
     t0 = time.perf_counter()
-    policy = make_policy("cascade").fit_dataset(train, np.zeros((len(train), 1), np.float32))
+    policy = make_policy(name).fit_dataset(train, X_train)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = replay(policy, test, lams)
+    out = replay(policy, test, lams, X=X_test)
     replay_s = time.perf_counter() - t0
     quality, cost = test.eval_matrices()
     g = test.models.index(GPT4)
     load = os.getloadavg()[0]
-    print(f"cascade fit on {len(train)} train prompts: {fit_s:.1f} s; replay of "
+    print(f"\n=== {name} ===")
+    print(f"{name} fit on {len(train)} train prompts: {fit_s:.1f} s; replay of "
           f"{len(lams)} lams x {len(test)} test prompts: {replay_s:.1f} s "
           f"(shared machine, load average {load:.1f})")
     for kind, info in policy.search_["kinds"].items():
@@ -115,14 +133,14 @@ def offline(data: Path) -> None:
     print("\n".join(curve_lines(qa, ca, lams, out.plans, kinds=["mc"])))
 
 
-def aiq(data: Path, bootstrap: int) -> None:
+def aiq(data: Path, bootstrap: int, cascades: str) -> None:
     from router.cli import main
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         rc = main(["eval", "--data", str(data), "--out", tmp, "--quiet", "--threads", "1",
                    "--bootstrap", str(bootstrap), "--no-plots", "--policies",
-                   f"cascade,task-static,{PROMPT_ONLY}"])
+                   f"{cascades},task-static,{PROMPT_ONLY}"])
         if rc != 0:
             raise SystemExit(f"router eval failed with exit status {rc}")
         results = json.loads((Path(tmp) / "results.json").read_text())
@@ -131,14 +149,15 @@ def aiq(data: Path, bootstrap: int) -> None:
     for label, p in sorted(results["policies"].items(), key=lambda kv: -kv[1]["aiq"]):
         ci = p.get("aiq_ci") or [float("nan")] * 2
         print(f"   {label:12s} AIQ {p['aiq']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]")
-    cmp = results["policies"]["cascade"]["vs_best_prompt_only"]
-    ci = cmp["aiq_diff_ci"]
-    print(f"   cascade - {cmp['baseline']} (best prompt-only): AIQ {cmp['aiq_diff']:+.4f} "
-          f"[{ci[0]:+.4f}, {ci[1]:+.4f}] -> interval above 0: "
-          f"{'yes' if ci[0] > 0 else 'NO'}")
-    print(f"   matched costs: {cmp['summary']}")
-    ts = results["policies"]["cascade"]["vs_task_static"]
-    print(f"   vs task-static: {ts['summary']}")
+    for name in cascades.split(","):
+        cmp = results["policies"][name]["vs_best_prompt_only"]
+        ci = cmp["aiq_diff_ci"]
+        print(f"   {name} - {cmp['baseline']} (best prompt-only): AIQ {cmp['aiq_diff']:+.4f} "
+              f"[{ci[0]:+.4f}, {ci[1]:+.4f}] -> interval above 0: "
+              f"{'yes' if ci[0] > 0 else 'NO'}")
+        print(f"   matched costs: {cmp['summary']}")
+        ts = results["policies"][name]["vs_task_static"]
+        print(f"   vs task-static: {ts['summary']}")
 
 
 def main() -> None:
@@ -146,14 +165,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--no-aiq", action="store_true", help="skip the full router eval")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--policies", default=CASCADES,
+                        help=f"comma-separated cascade policies (default {CASCADES})")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if not args.data.is_dir():
         raise SystemExit(f"--data {args.data}: no such directory")
-    offline(args.data)
+    for name in args.policies.split(","):
+        offline(args.data, name)
     if not args.no_aiq:
-        aiq(args.data, args.bootstrap)
+        aiq(args.data, args.bootstrap, args.policies)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def no_responses_note(data: RoutingDataset) -> str | None:
 
 
 def replay(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float],
-           budget: float | None = None) -> Replay:
-    """Run ``policy``'s plans over ``test``'s recorded responses at every lam."""
+           budget: float | None = None, X: np.ndarray | None = None) -> Replay:
+    """Run ``policy``'s plans over ``test``'s recorded responses at every lam (``X``: the
+    test embeddings, for policies that route some kinds on the prompt)."""
     note = no_responses_note(test)
     if note:
         raise CascadeEvalError(note)
@@ -58,10 +59,9 @@ def replay(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float],
     plans: list[dict[str, str]] = []
     memo: dict[tuple[CascadePlan, int], tuple[int, float, int]] = {}
     for li, lam in enumerate(lams):
-        chosen = {k: policy.plan_for_kind(k, lam=float(lam), budget=budget) for k in set(kinds)}
-        plans.append({k: p.describe() for k, p in sorted(chosen.items())})
-        for i, kind in enumerate(kinds):
-            plan = chosen[kind]
+        per_row = policy.plans_for(kinds, X, lam=float(lam), budget=budget)
+        plans.append(_describe(kinds, per_row))
+        for i, plan in enumerate(per_row):
             key = (plan, i)
             if key not in memo:
                 memo[key] = _run(plan, test.responses[i], cost[i], col)  # type: ignore[index]
@@ -69,6 +69,24 @@ def replay(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float],
             out_r[li, i], out_c[li, i], out_k[li, i] = r, c, k
             out_q[li, i] = quality[i, r] if r >= 0 else 0.0
     return Replay(out_q, out_c, out_r, out_k, plans)
+
+
+def _describe(kinds: Sequence[str], plans: Sequence[CascadePlan]) -> dict[str, str]:
+    """kind -> its plan's description; a kind routed per prompt (several one-model
+    plans) -> 'routed: <share of each model>'."""
+    out: dict[str, str] = {}
+    for kind in sorted(set(kinds)):
+        seen = [p for k, p in zip(kinds, plans, strict=True) if k == kind]
+        distinct = set(seen)
+        if len(distinct) == 1:
+            out[kind] = seen[0].describe()
+            continue
+        counts: dict[str, int] = {}
+        for p in seen:
+            counts[p.describe()] = counts.get(p.describe(), 0) + 1
+        top = sorted(counts.items(), key=lambda kv: -kv[1])
+        out[kind] = "routed: " + ", ".join(f"{d} {n / len(seen):.0%}" for d, n in top[:4])
+    return out
 
 
 def _run(plan: CascadePlan, responses: Sequence[str | None], cost: np.ndarray,
@@ -89,7 +107,8 @@ def _run(plan: CascadePlan, responses: Sequence[str | None], cost: np.ndarray,
     return (-1 if step.model is None else col[step.model]), spent, calls
 
 
-def sweep_cascade(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float]
+def sweep_cascade(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float],
+                  X: np.ndarray | None = None
                   ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict, float, float]:
     """The harness's sweep of a cascade: (returned column (L, n), (quality, cost) (L, n),
     results.json extras, plan seconds, replay seconds)."""
@@ -100,7 +119,7 @@ def sweep_cascade(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[fl
     for kind in kinds:
         policy.plan_for_kind(kind)  # fails early on an unfitted policy
     t1 = time.perf_counter()
-    out = replay(policy, test, lams)
+    out = replay(policy, test, lams, X=X)
     t2 = time.perf_counter()
     search = getattr(policy, "search_", {}).get("kinds", {})
     extra = {"cascade": {

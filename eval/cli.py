@@ -494,7 +494,8 @@ def _train_and_sweep(ctx: EvalContext, evaluation, specs, artifacts) -> None:
                 from eval.cascades import sweep_cascade
 
                 choices, outcomes, extra, t_pred, t_route = sweep_cascade(
-                    policy, ctx.test, ctx.lams)
+                    policy, ctx.test, ctx.lams,
+                    X_test if H.needs_embeddings(type(policy)) else None)
             else:
                 choices, t_pred, t_route = H.sweep_policy(
                     policy, X_test, ctx.lams, ctx.test.tasks, (quality, cost), columns

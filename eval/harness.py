@@ -38,7 +38,7 @@ NOT_DEFAULT = frozenset({"single"})
 BASELINE_POLICIES = EMBEDDING_FREE | {"random"}
 #: policies that read the models' answers before deciding (compared with the best
 #: prompt-only learned policy as well as with task-static)
-ANSWER_AWARE = frozenset({"cascade"})
+ANSWER_AWARE = frozenset({"cascade", "cascade-routed"})
 DEFAULT_LAM_POINTS = 60
 CI_LEVEL = 0.95
 

@@ -32,6 +32,7 @@ REGISTRY: dict[str, str] = {
     "cscr": "policies.cscr:CSCRPolicy",
     "linucb": "policies.linucb:LinUCBPolicy",
     "cascade": "policies.cascade:CascadePolicy",
+    "cascade-routed": "policies.cascade_routed:RoutedCascadePolicy",
 }
 
 

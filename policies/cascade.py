@@ -287,6 +287,13 @@ class CascadePolicy(Policy):
         the best train quality among plans whose train cost fits, else the cheapest)."""
         return self.plan_for_kind(A.infer_kind(text), lam=lam, budget=budget)
 
+    def plans_for(self, kinds: Sequence[str], X: np.ndarray | None, lam: float = 0.0,
+                  budget: float | None = None) -> list[CascadePlan]:
+        """One plan per prompt of the inferred ``kinds`` (``X``, their embeddings, unused
+        here: see policies.cascade_routed)."""
+        memo = {k: self.plan_for_kind(k, lam=lam, budget=budget) for k in set(kinds)}
+        return [memo[k] for k in kinds]
+
     def plan_for_kind(self, kind: str, lam: float = 0.0,
                       budget: float | None = None) -> CascadePlan:
         lam = check_lam(lam)

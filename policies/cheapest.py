@@ -19,6 +19,7 @@ class CheapestPolicy(Policy):
     """
 
     name = "cheapest"
+    uses_embeddings = False  # ignores the query embedding
 
     def __init__(self) -> None:
         pass

@@ -19,6 +19,7 @@ class OraclePolicy(Policy):
     """
 
     name = "oracle"
+    uses_embeddings = False  # ignores the query embedding
     evaluation_only = True
 
     def __init__(self) -> None:

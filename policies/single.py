@@ -23,6 +23,7 @@ class SingleModelPolicy(Policy):
     """
 
     name = "single"
+    uses_embeddings = False  # ignores the query embedding
 
     def __init__(self, model: str | None = None) -> None:
         self.model = model

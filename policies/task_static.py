@@ -19,6 +19,7 @@ class TaskStaticPolicy(Policy):
     """
 
     name = "task-static"
+    uses_embeddings = False  # ignores the query embedding
 
     def __init__(self, smoothing: float = 0.0) -> None:
         self.smoothing = smoothing

@@ -45,8 +45,9 @@ log = logging.getLogger("costroute.gateway")
 
 def is_cascade(served: ServedPolicy) -> bool:
     """Whether a served policy plans cascades (``policy.plan(text, ...)``)."""
-    return getattr(served.policy, "name", None) == "cascade" and callable(
-        getattr(served.policy, "plan", None))
+    from policies.cascade import CascadePolicy
+
+    return isinstance(served.policy, CascadePolicy)
 
 
 @dataclass
@@ -106,7 +107,10 @@ class CascadeExecutor:
     async def run(self, call: ChatCall, rec: dict[str, Any], t0: float) -> Response:
         gw = self.gw
         served, lam, budget = gw.router.resolve(call.target)
-        plan = served.policy.plan(call.text, None, lam, budget)
+        # routed cascades (policies.cascade_routed) pick some kinds' model on the prompt
+        x = (await gw.planner.embed(served, call.text)
+             if getattr(served.policy, "uses_embeddings", False) else None)
+        plan = served.policy.plan(call.text, x, lam, budget)
         rec["kind"] = "cascade"
         rec.update(policy=served.name, lam=lam, budget=budget,
                    cascade={"kind": plan.kind, "plan": plan.describe()})

@@ -1,0 +1,133 @@
+"""Cascades where answers can agree, a prompt-only router where they cannot.
+
+:class:`RoutedCascadePolicy` (registry name ``"cascade-routed"``) learns the same
+per-kind cascade plans as :class:`~policies.cascade.CascadePolicy` and, beside them, a
+prompt-only router (``cscr`` by default, any embedding policy by name) on the same train
+rows. For an answer kind whose cross-validated plan family is *single models* (agreement
+between answers did not pay on train: code and free text on RouterBench), a fixed
+per-kind model is what the cascade would call; the router picks the model per prompt at
+the same ``lam`` (or budget) instead. Kinds whose plans use agreement keep them. Which
+kinds are routed is decided on train only, from the cascade search's own cross-validation.
+
+The served plan is always a :class:`~policies.cascade.CascadePlan` (a routed prompt gets a
+one-stage, one-model plan), so the gateway and the offline replay run it like any cascade;
+:meth:`plan` needs the prompt's embedding for routed kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policies import answers as A
+from policies.base import Policy, PolicyError, TrainData, check_budget, check_lam
+from policies.cascade import ALL_KINDS, ALL_SINGLE, CascadePlan, CascadePolicy, CascadeStage
+
+ROUTER_DIR = "router"  # the inner router's artifact, inside this artifact's directory
+
+
+class RoutedCascadePolicy(CascadePolicy):
+    """Cascade plans per answer kind; a prompt-only ``router`` for single-model kinds."""
+
+    name = "cascade-routed"
+    uses_embeddings = True
+
+    def __init__(self, router: str = "cscr", folds: int = 5, max_first: int = 3,
+                 seed: int = 0) -> None:
+        super().__init__(folds=folds, max_first=max_first, seed=seed)
+        self.router = router
+
+    # ---- fitting ------------------------------------------------------------------------
+    def _fit(self, data: TrainData) -> None:
+        from policies import get_policy_class, make_policy
+        from policies.cascade import CascadePolicy as _Cascade
+
+        klass = get_policy_class(str(self.router))
+        if issubclass(klass, _Cascade) or "responses" in klass.requires or klass.online \
+                or klass.evaluation_only or not getattr(klass, "uses_embeddings", True):
+            raise PolicyError(f"cascade-routed: router must be an offline prompt-only policy "
+                              f"that reads embeddings (knn, cscr, mlp, routerdc), got "
+                              f"{self.router!r}")
+        super()._fit(data)
+        inner = make_policy(str(self.router))
+        inner.fit(data.X, data.quality, data.cost, data.models, tasks=data.tasks,
+                  texts=data.texts)
+        self.router_ = inner
+        levels = {k: v.get("level") for k, v in self.search_.get("kinds", {}).items()}
+        self.routed_ = sorted(k for k, lvl in levels.items() if lvl == 1 and k != ALL_KINDS)
+
+    def routes(self, kind: str) -> bool:
+        """Whether prompts of ``kind`` go to the router: their train plans are single
+        models, or the train split lacks the kind and it is code or free text (whose
+        agreement was never learned)."""
+        self._check_fitted()
+        if kind in self.routed_:
+            return True
+        return kind not in self.plans_ and kind in A.GRADED_KINDS
+
+    # ---- planning -----------------------------------------------------------------------
+    def plan(self, text: str, x: np.ndarray | None = None, lam: float = 0.0,
+             budget: float | None = None) -> CascadePlan:
+        kind = A.infer_kind(text)
+        if not self.routes(kind):
+            return self.plan_for_kind(kind, lam=lam, budget=budget)
+        if x is None:
+            raise PolicyError("cascade-routed: routing a prompt of kind "
+                              f"{kind!r} needs its embedding")
+        return self.plans_for([kind], np.atleast_2d(x), lam=lam, budget=budget)[0]
+
+    def plans_for(self, kinds: Sequence[str], X: np.ndarray | None, lam: float = 0.0,
+                  budget: float | None = None) -> list[CascadePlan]:
+        """One plan per prompt (``kinds`` inferred from the prompts, ``X`` their
+        embeddings): the router's model for routed kinds, the kind's cascade otherwise."""
+        lam, budget = check_lam(lam), check_budget(budget)
+        rows = [i for i, k in enumerate(kinds) if self.routes(k)]
+        out: list[CascadePlan | None] = [None] * len(kinds)
+        if rows:
+            if X is None:
+                raise PolicyError("cascade-routed: routed kinds need the prompts' embeddings")
+            picks = self.router_.route(np.asarray(X)[rows], lam=lam, budget=budget)
+            for i, j in zip(rows, picks, strict=True):
+                kind = kinds[i] if kinds[i] in A.KINDS else "text"
+                model = self.router_.models_[int(j)]
+                out[i] = CascadePlan(kind, (CascadeStage((model,), 1),), (model,))
+        memo: dict[str, CascadePlan] = {}
+        for i, k in enumerate(kinds):
+            if out[i] is None:
+                if k not in memo:
+                    memo[k] = self.plan_for_kind(k, lam=lam, budget=budget)
+                out[i] = memo[k]
+        return out  # type: ignore[return-value]
+
+    def _check_fitted(self) -> None:
+        super()._check_fitted()
+        if not hasattr(self, "router_"):
+            raise PolicyError("cascade-routed: not fitted (call fit or load an artifact)")
+
+    # ---- artifacts ----------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = super()._get_state()
+        return arrays, {**meta, "routed": list(self.routed_)}
+
+    def _set_state(self, arrays, meta) -> None:
+        super()._set_state(arrays, meta)
+        self.routed_ = [str(k) for k in meta.get("routed", [])]
+        unknown = [k for k in self.routed_ if k not in self.plans_ and k != ALL_SINGLE]
+        if unknown:
+            raise PolicyError(f"cascade-routed artifact: routed kinds without plans {unknown}")
+
+    def _save_files(self, path: Path) -> None:
+        self.router_.save(path / ROUTER_DIR)
+
+    def _load_files(self, path: Path) -> None:
+        inner = Policy.load(path / ROUTER_DIR)
+        if inner.models_ != self.models_:
+            raise PolicyError(f"{path / ROUTER_DIR}: the router's models {inner.models_} are "
+                              f"not the cascade's {self.models_}")
+        self.router_ = inner
+
+    def own_encoder(self) -> dict[str, Any] | None:
+        return self.router_.own_encoder() if hasattr(self, "router_") else None
