@@ -87,8 +87,8 @@ def model_directory(model: str) -> Path:
     from router.encoding.encoder import (
         DEFAULT_MODEL,
         EncoderError,
-        _default_model_path,
-        _find_in_hf_cache,
+        default_model_path,
+        find_in_hf_cache,
         resolve_model,
     )
 
@@ -96,20 +96,20 @@ def model_directory(model: str) -> Path:
         key, local = resolve_model(model)
         if local is not None:
             return local
-        return _default_model_path() if key == DEFAULT_MODEL else _find_in_hf_cache(key)
+        return default_model_path() if key == DEFAULT_MODEL else find_in_hf_cache(key)
     except EncoderError as exc:
         raise PolicyError(f"routerdc: cannot fine-tune {model!r}: {exc}") from None
 
 
 def load_model(model: str, device: str, max_seq_length: int):
     """A fresh SentenceTransformer (its own copy of the weights) on ``device``."""
-    from router.encoding.encoder import _quiet_transformers
+    from router.encoding.torch_backend import quiet_transformers
 
     path = model_directory(model)
     try:
         from sentence_transformers import SentenceTransformer
 
-        with _quiet_transformers():
+        with quiet_transformers():
             st = SentenceTransformer(str(path), device=device)
     except Exception as exc:  # bad directory, missing files
         raise PolicyError(f"routerdc: cannot load the encoder {model!r} to fine-tune: {exc}"

@@ -31,10 +31,10 @@ def tiny_model(tmp_path_factory) -> Path:
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from router.encoding.encoder import _default_model_path
+    from router.encoding.models import default_model_path
 
     out = tmp_path_factory.mktemp("tiny")
-    tok = AutoTokenizer.from_pretrained(str(_default_model_path()))
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=3,
                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)

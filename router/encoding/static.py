@@ -40,14 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from router.encoding.build_cache import build_once, cache_cli, default_onnx_cache_dir, lru_put
 from router.encoding.encoder import EncoderError, model_signature, text_list
-from router.encoding.onnx import (
-    build_once,
-    cache_cli,
-    default_onnx_cache_dir,
-    lru_put,
-    model_fingerprint,
-)
+from router.encoding.onnx_export import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +99,9 @@ def _distil(model_dir: Path, out_dir: Path, pca_dims: int,
             f"(pip install 'model2vec[distill]'): {exc}") from exc
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        from router.encoding.encoder import _quiet_transformers
+        from router.encoding.torch_backend import quiet_transformers
 
-        with _quiet_transformers():
+        with quiet_transformers():
             kwargs = {} if token_remove_pattern is None else {
                 "token_remove_pattern": token_remove_pattern}
             model = distill(model_name=str(model_dir), pca_dims=int(pca_dims), **kwargs)
@@ -336,10 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "costroute cache", "static")
     ap.add_argument("--pca-dims", type=int, default=DEFAULT_PCA_DIMS)
     args = ap.parse_args(argv)
-    from router.encoding.encoder import _default_model_path
+    from router.encoding.models import default_model_path
 
     try:
-        model_dir = Path(args.model_dir) if args.model_dir else _default_model_path()
+        model_dir = Path(args.model_dir) if args.model_dir else default_model_path()
         print(ensure_static(model_dir, args.cache_dir, args.pca_dims))
     except EncoderError as exc:
         print(f"error: {exc}", file=sys.stderr)
