@@ -152,6 +152,7 @@ def run_loto(ctx, specs, say=print) -> dict[str, Any]:
             "policies": {label: _brief(p) for label, p in scores.items()},
             "vs_best_single": {label: versus_best_single(evaluation, label, base, counts)
                                for label in learned},
+            "backoff": backoff_evidence(train, fold.X_train, fold.X_test),
             "seconds": round(time.perf_counter() - t0, 2),
         }
     summary = summarise(per_task, learned)
@@ -177,6 +178,32 @@ def run_loto(ctx, specs, say=print) -> dict[str, Any]:
     }
 
 
+def backoff_evidence(train, X_train, X_test) -> dict[str, Any] | None:
+    """The distance-aware backoff the anchored policies fit on this fold's training tasks
+    (:class:`policies._anchor.TaskPrior`, fitted by leaving each training task out) and
+    what it does on the left-out task: per training task, the utility gain of the anchor
+    over the global prior when that task was left out (the evidence the backoff was chosen
+    on), and the mean backoff weight on the left-out test queries (1 = the inferred task's
+    means, 0 = the global prior, i.e. best-single). None without embeddings."""
+    from policies._anchor import TaskPrior
+    from policies._priors import encode_tasks
+
+    if X_train is None or X_test is None or len(train) == 0:
+        return None
+    names, codes = encode_tasks(list(train.tasks), len(train))
+    _, cost = train.eval_matrices()
+    prior = TaskPrior.fit(np.asarray(X_train, np.float32), codes, names, train.quality, cost)
+    _, _, fam = prior.task_means(np.asarray(X_test, np.float32))
+    backoff = prior.backoff
+    return {
+        "fitted": backoff.fitted,
+        "left_out_tasks": backoff.info.get("left_out_tasks", {}),
+        "weight_mean": float(prior.weight(fam).mean()) if len(fam) else None,
+        "familiarity_quantile_median": (float(np.median(prior.familiarity.quantile(fam)))
+                                        if len(fam) else None),
+    }
+
+
 def _brief(p: dict[str, Any]) -> dict[str, Any]:
     """The per-policy figures kept for a left-out task."""
     keys = ("policy", "params", "learned", "aiq", "aiq_ci", "aiq_routerbench",
@@ -186,6 +213,19 @@ def _brief(p: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- report ------------------------------------------------------------------------------
+def _backoff_lines(b: dict[str, Any] | None) -> list[str]:
+    """The per-task backoff paragraph of the report (nothing without one)."""
+    if not b or b.get("weight_mean") is None:
+        return []
+    gains = ", ".join(f"{name} {g['anchored_minus_global']:+.4f}"
+                      for name, g in b["left_out_tasks"].items())
+    return [f"Backoff ({b['fitted']}): mean weight {b['weight_mean']:.2f} on this task's test "
+            "queries (1 = the inferred training task's means, 0 = best-single); median "
+            f"familiarity quantile {b['familiarity_quantile_median']:.3f}. "
+            + (f"Anchor minus global utility when each training task was left out: {gains}."
+               if gains else "No training task could be left out."), ""]
+
+
 def _signed(value: float, ci: list[float] | None) -> str:
     return f"{value:+.4f}" + ("" if not ci else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]")
 
@@ -241,6 +281,7 @@ def render_loto(results: dict[str, Any], summary: bool = False) -> str:
         out += ["", f"### {t} (left out; {e['n_test']} test queries, trained on "
                 f"{', '.join(e['train_tasks'])}: {e['n_train']} queries)", "",
                 f"Best single model on the training tasks: {e['best_single']} ({bs} here).", ""]
+        out += _backoff_lines(e.get("backoff"))
         trows = []
         for label, p in sorted(e["policies"].items(), key=lambda kv: -kv[1]["aiq"]):
             v = e["vs_best_single"].get(label)

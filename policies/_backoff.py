@@ -20,6 +20,11 @@ the wrong task's best model. The backoff moves every estimate toward the *global
   curves (centre at a quantile of ``f``, slope in units of its spread) plus "always
   anchored" (w = 1) and "always global" (w = 0). Ties go to the least backoff.
 
+The fitted backoff records its evidence in ``info["left_out_tasks"]``: per training task,
+the utility of the anchor and of the chosen backoff minus the global prior's when that task
+was left out (:func:`left_out_gains`; shown by ``router eval --leave-one-task-out``). When
+every training task gains from the anchor, the fit keeps it, whatever a new task holds.
+
 Fallback: with fewer than two training tasks there is nothing to leave out; then w = 1
 (no backoff). With a single task the inferred-task prior *is* the global prior already,
 so only the policy's per-prompt residual (its shrinkage chosen on held-out rows) moves an
@@ -134,6 +139,21 @@ def held_out_priors(X, codes, names, quality, cost, rest, held, k):
     return pq, pc, gq, gc, fam
 
 
+def left_out_gains(row_codes, names, anchored, global_, chosen) -> dict[str, dict]:
+    """Per training task left out: its rows' mean utility with the anchor (w = 1) and with
+    the fitted backoff, each minus the global prior's (w = 0), and its row count. The
+    evidence the backoff was fitted on: a task whose anchored gain is negative is one where
+    borrowing the nearest other task's means lost to the best single model."""
+    out = {}
+    for c in np.unique(row_codes):
+        m = row_codes == c
+        out[str(names[int(c)])] = {
+            "anchored_minus_global": float(anchored[m].mean() - global_[m].mean()),
+            "backoff_minus_global": float(chosen[m].mean() - global_[m].mean()),
+            "n": int(m.sum())}
+    return out
+
+
 def fit_backoff(X, codes, names, quality, cost, k: int, seed: int = 0) -> Backoff:
     """The backoff weight chosen by leaving tasks out (module docstring)."""
     from policies._anchor import lam_grid, row_utility
@@ -161,6 +181,7 @@ def fit_backoff(X, codes, names, quality, cost, k: int, seed: int = 0) -> Backof
     lams = lam_grid(cost)
     totals = np.zeros(len(cands))
     per_set = np.zeros((2, len(cands)))
+    row_u = []  # per candidate, the left-out rows' utilities (for the per-task record)
     for j, (pq, pc, gq, gc, fam, rows) in enumerate(sets):
         q_true = np.where(np.isnan(quality[rows]), gq, quality[rows])
         c_true = cost[rows]
@@ -169,6 +190,8 @@ def fit_backoff(X, codes, names, quality, cost, k: int, seed: int = 0) -> Backof
             w = bo.weight(fam)[:, None]
             u = row_utility(gq + w * (pq - gq), gc + w * (pc - gc), q_true, c_true, lams)
             per_set[j, i] = u.mean()
+            if j == 0:
+                row_u.append(u)
         totals += per_set[j] / 2.0
     best = int(np.argmax(totals))  # first maximum: the least backoff among ties
     if totals[best] <= totals[0] + 1e-12:
@@ -178,5 +201,7 @@ def fit_backoff(X, codes, names, quality, cost, k: int, seed: int = 0) -> Backof
     info = {"utility_left_out": float(per_set[0, best]), "utility_in": float(per_set[1, best]),
             "utility_left_out_no_backoff": float(per_set[0, 0]),
             "utility_in_no_backoff": float(per_set[1, 0]),
-            "familiarity_quantiles": np.quantile(fam_all, [0.05, 0.5, 0.95]).tolist()}
+            "familiarity_quantiles": np.quantile(fam_all, [0.05, 0.5, 0.95]).tolist(),
+            "left_out_tasks": left_out_gains(codes[sets[0][5]], names, row_u[0], row_u[1],
+                                             row_u[best])}
     return Backoff(g_q, g_c, a, b, f"leave-one-task-out over {len(present)} tasks", info)

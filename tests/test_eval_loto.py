@@ -156,3 +156,26 @@ def test_cli_leave_one_task_out_with_a_learned_policy_on_routerdc_json(tmp_path)
         assert task not in entry["train_tasks"]
     assert res["mean"]["knn"]["mean_diff"] == pytest.approx(np.mean(
         [e["vs_best_single"]["knn"]["diff"] for e in res["per_task"].values()]))
+
+
+def test_backoff_evidence_of_a_fold_and_its_report_paragraph():
+    """Three specialist tasks and a generalist: each training task left out loses with the
+    anchor, so the backoff sends a new task's queries to the global prior (weight near
+    0) and keeps a familiar task's on the anchor (weight near 1)."""
+    from tests.test_policies_backoff import SPECIALISTS, cluster, world
+
+    X, Q, C, tasks = world({"a": 0, "b": 1, "c": 2}, SPECIALISTS, 100, 0)
+    models = ["sa", "sb", "sc", "gen"]
+    train = RoutingDataset("t", [f"q{i}" for i in range(len(tasks))], tasks, models, Q, C)
+    new = cluster(6, 50, np.random.default_rng(1))
+    ev = L.backoff_evidence(train, X, new)
+    assert ev["fitted"].startswith("leave-one-task-out over 3")
+    assert sorted(ev["left_out_tasks"]) == ["a", "b", "c"]
+    assert all(g["anchored_minus_global"] < -0.4 for g in ev["left_out_tasks"].values())
+    assert ev["weight_mean"] < 0.3 and ev["familiarity_quantile_median"] < 0.05
+    familiar = L.backoff_evidence(train, X, cluster(1, 50, np.random.default_rng(2)))
+    assert familiar["weight_mean"] > 0.8 and familiar["familiarity_quantile_median"] > 0.2
+    assert L.backoff_evidence(train, None, new) is None
+    text = "\n".join(L._backoff_lines(ev))
+    assert f"mean weight {ev['weight_mean']:.2f}" in text and "a -0." in text
+    assert L._backoff_lines(None) == []
