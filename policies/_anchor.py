@@ -47,10 +47,10 @@ def task_vote(neighbour_codes: np.ndarray, n_tasks: int, k: int = TASK_VOTE_K) -
     valid = codes >= 0
     # votes, with a tiny bonus for rank so ties go to the nearest neighbour's task
     weight = valid * (1.0 + 1e-3 * 0.5 ** np.arange(codes.shape[1]))[None, :]
-    votes = np.zeros((n, max(n_tasks, 1)))
-    np.add.at(votes, (np.repeat(np.arange(n), codes.shape[1]), np.where(valid, codes, 0).ravel()),
-              weight.ravel())
-    return np.eye(max(n_tasks, 1))[votes.argmax(axis=1)]
+    t = max(n_tasks, 1)
+    cells = (np.arange(n)[:, None] * t + np.where(valid, codes, 0)).ravel()
+    votes = np.bincount(cells, weights=weight.ravel(), minlength=n * t).reshape(n, t)
+    return np.eye(t)[votes.argmax(axis=1)]
 
 
 class TaskPrior:

@@ -239,7 +239,7 @@ class KNNPolicy(Policy):
         return _Stats(num_q, den_q, shares @ table.quality, num_c, den_c, shares @ table.cost)
 
     def _predict(self, X, tasks, truth) -> Estimate:
-        n = self.X_.shape[0]
+        n = self._n_train()
         k = min(self.k_, n)
         backoff = getattr(self, "backoff_", None)
         qs, cs = [], []
@@ -259,7 +259,7 @@ class KNNPolicy(Policy):
     def _familiarity(self, Xq: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Mean cosine similarity to the FAMILIARITY_K nearest train prompts (as
         :class:`policies._distance.Familiarity`, from this search's inner products)."""
-        if getattr(self, "_norms", None) is None or len(self._norms) != self.X_.shape[0]:
+        if getattr(self, "_norms", None) is None or len(self._norms) != self._n_train():
             self._norms = np.maximum(np.linalg.norm(self.X_, axis=1), 1e-12)
         kf = min(FAMILIARITY_K, sims.shape[1])
         qn = np.maximum(np.linalg.norm(np.asarray(Xq, np.float64), axis=1), 1e-12)
@@ -275,7 +275,13 @@ class KNNPolicy(Policy):
         """Similarities and train-row ids of the ``k`` (default ``k_``) nearest prompts."""
         if not self.is_fitted:
             raise PolicyError("knn: not fitted")
-        return self._search(np.atleast_2d(X), min(k or self.k_, self.X_.shape[0]))
+        return self._search(np.atleast_2d(X), min(k or self.k_, self._n_train()))
+
+    def _n_train(self) -> int:
+        """Training rows, without building a view of the index's vectors (hot path)."""
+        if self._vindex is not None:
+            return len(self._vindex)
+        return self.X_.shape[0]
 
     # ---- index storage ----------------------------------------------------------------
     # One copy of the train embeddings: the FAISS index's. ``X_`` is a read-only view of
