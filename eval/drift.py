@@ -13,8 +13,9 @@ accuracy (``new-task``), and ``adapt_queries``: how many queries after the chang
 the tracked figure holds on every tail of the stream from there on (:func:`settle`):
 
 * degrade: the affected model's share below 5%;
-* price: the affected model's share within 0.05 of the refitted ridge's share (same spend);
-* swap: the new model's share at least the refitted ridge's minus 0.05;
+* price: the affected model's share within 0.05 of the refitted ridge's share (same spend),
+  up to the tail's sampling error (:func:`settle_near`);
+* swap: the new model's share at least the refitted ridge's minus 0.05 (the same way);
 * new-task: accuracy on the new task's queries at least the refitted ridge's minus 0.05.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.scenarios import Split, World, build_world, rolling_share, settle
+from eval.scenarios import Split, World, build_world, rolling_share, settle, settle_near
 from policies.base import choose
 from policies.linucb import LinUCBPolicy
 from router.budget import BudgetSpec, EmbeddedLedger, OnlineKnapsack, auto_bins
@@ -113,12 +114,11 @@ def _adapt(world: World, chosen: np.ndarray, reward: np.ndarray, ref: np.ndarray
                       WINDOW)
     if world.name == "price":
         target = float((ref_after == world.affected).mean())
-        return settle((after == world.affected).astype(float),
-                      lambda v: abs(v - target) <= TOLERANCE, WINDOW)
+        return settle_near((after == world.affected).astype(float), target, TOLERANCE, WINDOW)
     if world.name == "swap":
         target = float((ref_after == world.new).mean())
-        return settle((after == world.new).astype(float), lambda v: v >= target - TOLERANCE,
-                      WINDOW)
+        return settle_near((after == world.new).astype(float), target, TOLERANCE, WINDOW,
+                           above=True)
     if world.name == "new-task":
         on = np.array([t == world.task for t in world.tasks[k:]])
         target = float(ref_reward[on].mean()) if on.any() else 0.0

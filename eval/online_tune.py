@@ -30,29 +30,31 @@ from policies.linucb import LinUCBPolicy
 from router.budget import BudgetSpec, EmbeddedLedger, OnlineKnapsack, auto_bins
 from router.state.bandit_store import EmbeddedBanditStore, Forgetting
 
-#: candidates, simplest first: (alpha, Forgetting)
+#: candidates, simplest first: (alpha, Forgetting, confidence gate kappa)
 OFF = Forgetting()
-CANDIDATES: list[tuple[float, Forgetting]] = [
-    (0.0, OFF),
-    (0.05, OFF),
-    (0.1, OFF),
-    (0.0, Forgetting(discount=0.995)),
-    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1)),
-    (0.0, Forgetting(threshold=5.0, slack=0.3, shrink=0.1)),
-    (0.0, Forgetting(threshold=3.0, slack=0.2, shrink=0.1)),
-    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=2.0)),
-    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=2.0, cost_slack=0.5)),
-    (0.05, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=2.0)),
+DETECT = Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=2.0, cost_slack=0.5)
+CANDIDATES: list[tuple[float, Forgetting, float]] = [
+    (0.0, OFF, 0.0),
+    (0.05, OFF, 0.0),
+    (0.0, Forgetting(discount=0.995), 0.0),
+    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1), 0.0),
+    (0.0, DETECT, 0.0),
+    (0.0, DETECT, 0.5),
+    (0.0, DETECT, 1.0),
+    (0.0, DETECT, 2.0),
+    (0.05, DETECT, 0.5),
 ]
 WORLDS = ("stationary", "degrade", "price")
 
 
-def clone(policy: LinUCBPolicy, alpha: float, forgetting: Forgetting) -> LinUCBPolicy:
-    """A copy of a fitted policy with its own store, ``alpha`` and forgetting."""
+def clone(policy: LinUCBPolicy, alpha: float, forgetting: Forgetting,
+          confidence: float = 0.0) -> LinUCBPolicy:
+    """A copy of a fitted policy with its own store, ``alpha``, forgetting and gate."""
     state = policy.bandit_state()
     state.forgetting = forgetting.to_array()
     out = copy.copy(policy)
     out.alpha = alpha
+    out.confidence = confidence
     for key, value in (("discount", forgetting.discount), ("drift_threshold", forgetting.threshold),
                        ("drift_slack", forgetting.slack), ("drift_shrink", forgetting.shrink),
                        ("cost_threshold", forgetting.cost_threshold),
@@ -72,15 +74,13 @@ def _run(policy: LinUCBPolicy, world, budget: float, bins: int, sample, learn: b
                   allowed=world.allowed)
 
 
-def tune(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
-         ref_idx: int, seed: int = 0, slack: float = 0.0, candidates=None, say=print
-         ) -> dict[str, Any]:
-    """Replay every candidate on the fit/replay cut of ``train``; the table and the pick."""
+def _cut(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
+         ref_idx: int, seed: int) -> tuple[LinUCBPolicy, dict, dict]:
+    """One seeded 70/30 fit/replay cut of train: its prior, the worlds per budget and the
+    frozen prior's after-change accuracy in each."""
     from eval.online import decision_values
 
-    candidates = candidates or CANDIDATES
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(train.X))
+    perm = np.random.default_rng(seed).permutation(len(train.X))
     cut = int(0.7 * len(perm))
 
     def part(idx: np.ndarray) -> Split:
@@ -94,9 +94,7 @@ def tune(train: Split, models: list[str], params: dict[str, Any], fractions: lis
                                                          fit.tasks)
     base = build_world("stationary", {}, fit, rep, models, seed)
     ref_spend = float(base.cost[:, ref_idx].sum())
-    rows: list[dict[str, Any]] = []
-    frozen: dict[tuple[str, float], float] = {}
-    worlds = {}
+    worlds, frozen = {}, {}
     for frac in fractions:
         B = frac * ref_spend
         bins = auto_bins(B, float(np.nanmax(fit.cost)), base.T)
@@ -107,35 +105,55 @@ def tune(train: Split, models: list[str], params: dict[str, Any], fractions: lis
         busiest = int(np.bincount(first[first >= 0], minlength=len(models)).argmax())
         for name in WORLDS:
             world = build_world(name, {}, fit, rep, models, seed, busiest=busiest)
-            worlds[(name, frac)] = (world, B, bins)
+            worlds[(name, frac)] = (world, B, bins, fit.X)
             r = _run(clone(prior, 0.0, OFF), world, B, bins, sample, learn=False)
             frozen[(name, frac)] = float(r.reward[world.change:].mean()
                                          if world.change < world.T else r.reward.mean())
-    for i, (alpha, forget) in enumerate(candidates):
-        row: dict[str, Any] = {"alpha": alpha, "forgetting": forget.__dict__, "runs": {}}
-        for (name, frac), (world, B, bins) in worlds.items():
-            pol = clone(prior, alpha, forget)
-            sample = decision_values(pol, fit.X)
-            r = _run(pol, world, B, bins, sample, learn=True)
-            k = world.change if world.change < world.T else 0
-            row["runs"][f"{name}@{frac}"] = {
-                "quality": float(r.reward[k:].mean()), "frozen": frozen[(name, frac)],
-                "cost_per_1k": float(1000 * r.cost[k:].mean())}
-        stat = [row["runs"][f"stationary@{f}"] for f in fractions]
-        row["stationary_ok"] = all(s["quality"] >= s["frozen"] - slack for s in stat)
-        row["stationary_gain"] = float(np.mean([s["quality"] - s["frozen"] for s in stat]))
+    return prior, worlds, frozen
+
+
+def tune(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
+         ref_idx: int, seed: int = 0, slack: float = 0.0, candidates=None, say=print,
+         replays: int = 1) -> dict[str, Any]:
+    """Replay every candidate on ``replays`` seeded fit/replay cuts of ``train`` (seeds
+    ``seed``, ``seed + 1``, ...); the table and the pick. A candidate is stationary-ok when
+    it stays at or above the frozen prior (minus ``slack``) at every budget on every cut."""
+    from eval.online import decision_values
+
+    candidates = candidates or CANDIDATES
+    cuts = [_cut(train, models, params, fractions, ref_idx, seed + r) for r in range(replays)]
+    rows: list[dict[str, Any]] = []
+    for i, (alpha, forget, kappa) in enumerate(candidates):
+        row: dict[str, Any] = {"alpha": alpha, "forgetting": forget.__dict__,
+                               "confidence": kappa, "runs": {}}
+        for r, (prior, worlds, frozen) in enumerate(cuts):
+            for (name, frac), (world, B, bins, X_fit) in worlds.items():
+                pol = clone(prior, alpha, forget, kappa)
+                sample = decision_values(pol, X_fit)
+                rep = _run(pol, world, B, bins, sample, learn=True)
+                k = world.change if world.change < world.T else 0
+                row["runs"][f"{name}@{frac}#{r}"] = {
+                    "quality": float(rep.reward[k:].mean()), "frozen": frozen[(name, frac)],
+                    "cost_per_1k": float(1000 * rep.cost[k:].mean())}
+        stat = [v for key, v in row["runs"].items() if key.startswith("stationary@")]
+        gains = [s["quality"] - s["frozen"] for s in stat]
+        row["stationary_ok"] = all(g >= -slack for g in gains)
+        row["stationary_gain"] = float(np.mean(gains))
+        row["stationary_worst"] = float(min(gains))
         row["drift_quality"] = float(np.mean([
-            row["runs"][f"{n}@{f}"]["quality"] for n in WORLDS[1:] for f in fractions]))
+            v["quality"] for key, v in row["runs"].items() if not key.startswith("stationary@")]))
         rows.append(row)
-        say(f"candidate {i}: alpha {alpha} {forget}: stationary gain "
-            f"{row['stationary_gain']:+.4f} (ok {row['stationary_ok']}), after-change "
-            f"accuracy {row['drift_quality']:.4f}")
+        say(f"candidate {i}: alpha {alpha} {forget} confidence {kappa}: stationary gain "
+            f"{row['stationary_gain']:+.4f} (worst {row['stationary_worst']:+.4f}, ok "
+            f"{row['stationary_ok']}), after-change accuracy {row['drift_quality']:.4f}")
     ok = [r for r in rows if r["stationary_ok"]] or rows
     best = max(ok, key=lambda r: r["drift_quality"])  # max keeps the first of ties
-    return {"fit_queries": len(fit.X), "replay_queries": len(rep.X), "fractions": fractions,
-            "frozen": {f"{n}@{f}": v for (n, f), v in frozen.items()},
+    return {"fit_queries": int(0.7 * len(train.X)), "replays": replays, "fractions": fractions,
+            "frozen": {f"{n}@{f}#{r}": v for r, (_, _, fr) in enumerate(cuts)
+                       for (n, f), v in fr.items()},
             "candidates": rows, "chosen": {"alpha": best["alpha"],
-                                           "forgetting": best["forgetting"]}}
+                                           "forgetting": best["forgetting"],
+                                           "confidence": best["confidence"]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                                           / "datasets" / "routerbench-subset"))
     ap.add_argument("--budgets", default="0.1,0.25,0.5")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replays", type=int, default=3,
+                    help="seeded fit/replay cuts of train (default 3)")
     ap.add_argument("--out", help="write the table as JSON here")
     args = ap.parse_args(argv)
     import router.datasets as D
@@ -167,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: v for k, v in DEFAULT_PARAMS.items()
               if k in ("prior_weight", "reg", "proj_dim")}
     result = tune(Split(X, train.quality, train.cost, list(train.tasks)), models, params,
-                  [float(b) for b in args.budgets.split(",")], ref, seed=args.seed)
+                  [float(b) for b in args.budgets.split(",")], ref, seed=args.seed,
+                  replays=args.replays)
     print(json.dumps(result["chosen"]))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

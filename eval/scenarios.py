@@ -188,6 +188,28 @@ def settle(values: np.ndarray, ok, window: int = 50) -> int | None:
     return 0 if bad.size == 0 else int(bad[-1] + 1)
 
 
+def settle_near(values: np.ndarray, target: float, tolerance: float, window: int = 50,
+                above: bool = False) -> int | None:
+    """:func:`settle` for a share: the tail mean within ``tolerance`` of ``target`` (at
+    least ``target - tolerance`` when ``above``) up to its sampling error, 1.96 binomial
+    standard errors of ``target`` over the tail's length (a tail of 50 queries at a share
+    of 0.4 has a standard error of 0.07: a tolerance of 0.05 alone fails on chance)."""
+    n = len(values)
+    if n == 0:
+        return None
+    p = min(max(float(target), 0.0), 1.0)
+    sums = np.cumsum(values[::-1])[::-1]
+    lengths = np.arange(n, 0, -1)
+    tail = sums / lengths
+    allow = tolerance + 1.96 * np.sqrt(p * (1 - p) / lengths)
+    good = (tail >= target - allow) if above else (np.abs(tail - target) <= allow)
+    good = good[:max(n - window, 0) + 1]
+    if not good[-1]:
+        return None
+    bad = np.flatnonzero(~good)
+    return 0 if bad.size == 0 else int(bad[-1] + 1)
+
+
 def rolling_share(chosen: np.ndarray, model: int, window: int = 50) -> np.ndarray:
     """Share of the last ``window`` queries routed to ``model``, at every step."""
     hit = (chosen == model).astype(np.float64)

@@ -19,6 +19,7 @@ Without two task labels, k-means clusters of the embeddings stand in for tasks.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -124,7 +125,9 @@ def fit_fallback(X: np.ndarray, quality: np.ndarray, cost: np.ndarray,
     parts = []
     for tr, te in splits:
         fam = Familiarity.fit(X[tr])
-        target = np.nan_to_num(np.nanmean(quality[tr], axis=0), nan=0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column with no outcomes
+            target = np.nan_to_num(np.nanmean(quality[tr], axis=0), nan=0.0)
         parts.append((raw(tr, te), target, fam.quantile(fam.score(X[te])),
                       np.broadcast_to(filled[tr].mean(axis=0), (len(te), filled.shape[1])), te))
     lams = lam_grid(cost)

@@ -155,6 +155,9 @@ class Policy:
     #: optional parts of :class:`TrainData` this policy cannot fit without
     #: (``"texts"``, ``"responses"``, ``"tasks"``)
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: policies that can start a model with no observed train quality (an online arm
+    #: added for learning; linucb) accept all-NaN quality columns, as long as one is observed
+    cold_arms: ClassVar[bool] = False
 
     models_: list[str]
     dim_: int
@@ -222,8 +225,9 @@ class Policy:
                 )
             if np.isinf(arr).any():
                 raise PolicyError(f"{self.name}: {what} contains infinite values")
-        if np.isnan(quality).all(axis=0).any():
-            empty = [m for m, e in zip(models, np.isnan(quality).all(axis=0), strict=True) if e]
+        unobserved = np.isnan(quality).all(axis=0)
+        if unobserved.any() and (not self.cold_arms or unobserved.all()):
+            empty = [m for m, e in zip(models, unobserved, strict=True) if e]
             raise PolicyError(f"{self.name}: no observed quality for models {empty}")
         if tasks is not None and len(tasks) != n:
             raise PolicyError(f"{self.name}: {len(tasks)} task labels for {n} prompts")

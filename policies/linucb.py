@@ -19,6 +19,7 @@ default); :meth:`attach_store` shares them through a durable embedded store or R
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,10 +77,16 @@ class LinUCBPolicy(Policy):
     ``drift_shrink`` (what a detected change multiplies the arm's statistics by),
     ``cost_threshold`` / ``cost_slack`` (the same on log cost). ``cold_weight``: a model without train
     outcomes starts as an average model with this many pseudo-outcomes per train row.
+    ``confidence`` (kappa >= 0): the exploiting mean departs from the frozen prior's mean
+    only by what the posterior has established, ``prior + soft(mean - prior, kappa *
+    width)`` (the part of the online change beyond kappa posterior widths; 0 = the plain
+    posterior mean), so that with nothing changing the bandit keeps its prior's choices;
+    an arm whose change detector fired follows its posterior.
     """
 
     name = "linucb"
     online = True
+    cold_arms = True  # a model without train outcomes starts from cold_weight (below)
 
     def __init__(
         self,
@@ -97,7 +104,9 @@ class LinUCBPolicy(Policy):
         cost_threshold: float = 0.0,
         cost_slack: float = 0.5,
         cold_weight: float = 0.05,
+        confidence: float = 0.0,
     ) -> None:
+        self.confidence = confidence
         self.fallback = fallback
         self.discount = discount
         self.drift_threshold = drift_threshold
@@ -115,7 +124,8 @@ class LinUCBPolicy(Policy):
 
     # ---- parameters and features --------------------------------------------------------
     def _check_params(self) -> None:
-        for key, low, strict in (("alpha", 0, False), ("prior_weight", 0, False), ("reg", 0, True)):
+        for key, low, strict in (("alpha", 0, False), ("prior_weight", 0, False), ("reg", 0, True),
+                                 ("confidence", 0, False)):
             value = getattr(self, key)
             try:
                 value = float(value)
@@ -208,6 +218,7 @@ class LinUCBPolicy(Policy):
         )
         self._store = EmbeddedBanditStore()
         self._store.initialize(state)
+        self.prior_theta_ = state.theta().copy()  # the frozen prior the gate measures from
         self._fit_fallback(data)
 
     def _fit_fallback(self, data: TrainData) -> None:
@@ -216,8 +227,10 @@ class LinUCBPolicy(Policy):
         from policies._fallback import Fallback, fit_fallback
 
         observed = ~np.isnan(data.quality)
-        self.global_quality_ = np.nan_to_num(np.nanmean(
-            np.where(observed, data.quality, np.nan), axis=0), nan=0.0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a cold arm's empty column
+            self.global_quality_ = np.nan_to_num(np.nanmean(
+                np.where(observed, data.quality, np.nan), axis=0), nan=0.0)
         self.global_n_ = observed.sum(axis=0).astype(np.float64)
         if not self.fallback or float(self.prior_weight) == 0 or len(data.X) < 4:
             self.familiarity_, self.fallback_ = None, Fallback()  # cold start: no prior to keep
@@ -334,11 +347,27 @@ class LinUCBPolicy(Policy):
         means far from the training prompts), the optimism bonus apart, and costs."""
         mean, width, cost = self.predict_parts(X)
         fam, weight = self.backoff_weight(X)
-        mean = np.clip(mean, 0.0, 1.0)
+        mean = np.clip(self.gated_mean(X, mean, width), 0.0, 1.0)
         if weight.any():
             mean = blend(mean, self.fallback_target(), weight)
         return BanditEstimate(mean, float(self.alpha) * width,
                               np.broadcast_to(cost, mean.shape).copy(), fam, weight)
+
+    def gated_mean(self, X: np.ndarray, mean: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """The posterior ``mean`` (n, m) moved back toward the frozen prior's mean by
+        ``confidence * width``: only the confident part of the online change is kept.
+        An arm whose change detector has fired (the store's ``resets``) is not gated: the
+        prior no longer describes it."""
+        kappa = float(self.confidence)
+        prior = getattr(self, "prior_theta_", None)
+        if kappa <= 0 or prior is None or prior.shape[0] != mean.shape[1]:
+            return mean
+        with self.store.read() as st:
+            changed = np.asarray(st.resets if st.resets is not None else 0) > 0
+        base = self.features(X) @ prior.T
+        diff = mean - base
+        gated = base + np.sign(diff) * np.maximum(np.abs(diff) - kappa * width, 0.0)
+        return np.where(changed, mean, gated)
 
     def _predict(self, X, tasks, truth) -> Estimate:
         est = self.estimates(X)  # exploitation: the posterior mean, never the bonus
@@ -357,6 +386,8 @@ class LinUCBPolicy(Policy):
         if self.proj_ is not None:
             arrays["proj"] = self.proj_
         arrays["global_quality"], arrays["global_n"] = self.global_quality_, self.global_n_
+        if getattr(self, "prior_theta_", None) is not None:
+            arrays["prior_theta"] = self.prior_theta_
         if self.familiarity_ is not None:
             arrays.update(self.familiarity_.arrays())
         return arrays, {"version": state.version, "fingerprint": state.fingerprint,
@@ -373,6 +404,7 @@ class LinUCBPolicy(Policy):
             raise ArtifactError(f"linucb: artifact arrays are incomplete ({exc})") from exc
         self._store = EmbeddedBanditStore()
         self._store.initialize(state)
+        self.prior_theta_ = arrays.get("prior_theta")  # older artifacts: no gate
         self._set_fallback_state(arrays, meta, state.n_arms)
 
     def _set_fallback_state(self, arrays, meta, m: int) -> None:

@@ -60,6 +60,8 @@ from typing import Any
 import numpy as np
 
 CLOCKS = ("queries", "seconds")
+#: a relative move of a model's cost estimate that re-tabulates a fixed price sample
+COST_MOVE = 0.1
 
 
 class BudgetError(ValueError):
@@ -729,7 +731,10 @@ class OnlineKnapsack:
     seconds clock; no horizon: no price), looked up on a :class:`PriceCurve` of
     ``price_sample`` (an (n, m) quality and cost pair, e.g. the policy's train
     estimates) or, without one, of the last ``window`` queries' estimates (re-tabulated
-    every ``recalibrate`` decisions). The price rises from ``L`` toward ``U`` only as a
+    every ``recalibrate`` decisions). A fixed sample follows the policy's cost estimates:
+    when a model's estimated cost moves more than ``COST_MOVE`` from what the curve was
+    tabulated at (a price change), the sample's costs of that model are rescaled to it
+    and the curve re-tabulated, so the price of a dollar keeps pacing the real spend. The price rises from ``L`` toward ``U`` only as a
     bin's spend runs ahead of its share of the bin's queries.
     """
 
@@ -768,6 +773,12 @@ class OnlineKnapsack:
         self._fixed_curve = price_sample is not None
         self._curve: PriceCurve | None = None if price_sample is None else PriceCurve(
             *price_sample)
+        self._sample = None
+        if price_sample is not None:
+            q, c = (np.asarray(a, dtype=np.float64) for a in price_sample)
+            c = np.broadcast_to(c, q.shape)
+            self._sample = (q, c, np.maximum(c.mean(axis=0), 1e-300))
+            self._tabulated = self._sample[2]
         self._recent_lock = threading.Lock()
 
     def accounts(self, api_key: str | None = None) -> tuple[tuple[str, BudgetSpec], ...]:
@@ -814,6 +825,7 @@ class OnlineKnapsack:
         with self._recent_lock:
             self._recent.append((quality, cost, now))
             self._since += 1
+            self._follow_costs(cost)
             if not self._fixed_curve and (self._curve is None
                                           or self._since >= self._recalibrate):
                 self._since = 0
@@ -825,6 +837,20 @@ class OnlineKnapsack:
         if rate is None:
             return curve.U * 1e-9, curve.U
         return curve.bounds(rate)
+
+    def _follow_costs(self, cost: np.ndarray) -> None:
+        """Re-tabulate a fixed sample's curve at the current cost estimates when one has
+        moved more than ``COST_MOVE`` (relative) since the last tabulation."""
+        if self._sample is None:
+            return
+        q, c, base = self._sample
+        cost = np.broadcast_to(np.asarray(cost, dtype=np.float64).reshape(-1), base.shape)
+        if not np.isfinite(cost).all() or (cost <= 0).any():
+            return
+        if np.abs(np.log(cost / self._tabulated)).max() <= math.log1p(COST_MOVE):
+            return
+        self._tabulated = cost.copy()
+        self._curve = PriceCurve(q, c * (cost / base))
 
     def decide(
         self,
