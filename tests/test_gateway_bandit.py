@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.upstream import MATH, GatewayServer, gateway_config, linucb_artifact
@@ -77,3 +78,42 @@ def test_replicas_share_learning_and_survive_redis_outage(upstream, artifact, tm
     finally:
         for g in gws:
             g.stop()
+
+
+def test_a_degraded_backend_loses_its_traffic_over_http(upstream, tmp_path):
+    """The degrade scenario through the served gateway: 'cheap' answers the math prompts
+    well, then (from query 20 on) every one of its answers gets reward 0 through
+    /v1/feedback. With the replay's forgetting and gate (eval.online.DEFAULT_PARAMS) its
+    share falls below 5% within 100 queries of the change; the frozen prior keeps it."""
+    from eval.online import DEFAULT_PARAMS
+
+    forget = {k: DEFAULT_PARAMS[k] for k in ("drift_threshold", "drift_slack", "drift_shrink",
+                                              "confidence")}
+    shares = {}
+    for name, params in (("pilot", forget), ("frozen", None)):
+        art = linucb_artifact(tmp_path / f"art-{name}", **(params or {}))
+        cfg = gateway_config(upstream.base, art, tmp_path / f"state-{name}",
+                             routing={"lam": 10.0})
+        gw = GatewayServer(cfg).start()
+        chosen = []
+        try:
+            for i in range(140):
+                r = route(gw, MATH.format(1000 + i))
+                model = r.headers["x-router-model"]
+                chosen.append(model)
+                if params is None:
+                    continue  # the frozen prior gets no feedback
+                reward = 1.0 if model == "strong" or i < 20 else 0.0
+                fb = httpx.post(gw.base + "/feedback", json={
+                    "request_id": r.headers["x-router-request-id"], "reward": reward})
+                assert fb.status_code == 200 and fb.json()["updated"] is True
+        finally:
+            gw.stop()
+        cheap = np.array([m == "cheap" for m in chosen], dtype=float)
+        shares[name] = (cheap[:20].mean(), cheap[120:].mean(), cheap)
+    assert shares["pilot"][0] >= 0.8 and shares["frozen"][0] >= 0.8  # mostly cheap first
+    # every tail of the stream from 100 queries after the change sends < 5% to cheap
+    after = shares["pilot"][2][20:]
+    tails = np.cumsum(after[::-1])[::-1] / np.arange(len(after), 0, -1)
+    assert tails[100:].max() < 0.05 and shares["pilot"][1] < 0.05
+    assert shares["frozen"][1] >= 0.8  # without feedback it keeps the cheap backend

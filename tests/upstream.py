@@ -329,8 +329,9 @@ def tiny_artifact(path: str | Path, dim: int = 32, n: int = 30,
     return policy.save(Path(path), meta={"encoder": enc.config()})
 
 
-def linucb_artifact(path: str | Path, dim: int = 32, n: int = 30) -> Path:
-    """LinUCB (alpha 0) over hashing embeddings: both models solve MATH, only 'strong' POEMs."""
+def linucb_artifact(path: str | Path, dim: int = 32, n: int = 30, **params: Any) -> Path:
+    """LinUCB (alpha 0) over hashing embeddings: both models solve MATH, only 'strong' POEMs.
+    ``params``: other LinUCB parameters (forgetting, the confidence gate)."""
     import numpy as np
 
     from policies import make_policy
@@ -341,7 +342,7 @@ def linucb_artifact(path: str | Path, dim: int = 32, n: int = 30) -> Path:
     quality = np.ones((2 * n, 2))
     quality[n:, 0] = 0.0
     cost = np.tile([0.001, 0.01], (2 * n, 1))
-    policy = make_policy("linucb", alpha=0.0, prior_weight=1.0)
+    policy = make_policy("linucb", **{"alpha": 0.0, "prior_weight": 1.0, **params})
     policy.fit(X, quality, cost, ["cheap", "strong"])
     return policy.save(Path(path), meta={"encoder": enc.config()})
 
