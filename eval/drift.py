@@ -249,6 +249,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         who = e["new"] if result["scenario"] == "swap" else (e["affected"] or e["task"])
         lines.append(f"  budget {e['fraction']:.0%} = ${e['budget_per_1k']:.3f}/1k, "
                      f"tracked: {who}")
+        if e["change"] >= result["queries"]:  # stationary: nothing changes, one phase
+            for n, r in e["runs"].items():
+                lines.append(f"    {n:<18} whole stream {r['overall']['quality']:.3f} "
+                             f"${r['overall']['cost_per_1k']:.3f}/1k")
+            continue
         rows = [(n, r["before"], r["after"], r.get("adapt_queries")) for n, r in e["runs"].items()]
         rows += [(f"{n} (refit)", None, r, None) for n, r in e["refit"].items()]
         for n, before, after, adapt in rows:

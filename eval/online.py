@@ -49,7 +49,10 @@ DEFAULT_BUDGETS = (0.10, 0.25, 0.50)
 #: stationary, degrade and price worlds). Without the gate no candidate stayed at or above
 #: the frozen prior on every cut and budget (worst -0.010 .. -0.015); with it (kappa 0.5,
 #: 1 and 2 alike) every one did (worst +0.000), and this one had the best after-change
-#: accuracy (0.800; 0.696 without forgetting)
+#: accuracy (0.800; 0.696 without forgetting). ``cold_alpha`` (the optimism of a backend
+#: without train outcomes, eval.online_tune.tune_cold on the train swap world): None
+#: (= alpha) had the best after-change accuracy, 0.805 against 0.805/0.795/0.780/0.784 at
+#: 0.5/1/2/5, so a new backend is not explored
 DEFAULT_PARAMS: dict[str, Any] = {
     "alpha": 0.05, "prior_weight": 1.0, "reg": 10.0, "proj_dim": None,
     "drift_threshold": 3.0, "drift_slack": 0.3, "drift_shrink": 0.1, "cost_threshold": 2.0,

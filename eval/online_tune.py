@@ -45,6 +45,8 @@ CANDIDATES: list[tuple[float, Forgetting, float]] = [
     (0.05, DETECT, 0.5),
 ]
 WORLDS = ("stationary", "degrade", "price")
+#: the optimism of a backend without train outcomes, tried on the train swap world
+COLD_ALPHAS = (None, 0.5, 1.0, 2.0, 5.0)
 
 
 def clone(policy: LinUCBPolicy, alpha: float, forgetting: Forgetting,
@@ -74,12 +76,9 @@ def _run(policy: LinUCBPolicy, world, budget: float, bins: int, sample, learn: b
                   allowed=world.allowed)
 
 
-def _cut(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
-         ref_idx: int, seed: int) -> tuple[LinUCBPolicy, dict, dict]:
-    """One seeded 70/30 fit/replay cut of train: its prior, the worlds per budget and the
-    frozen prior's after-change accuracy in each."""
-    from eval.online import decision_values
-
+def fit_replay(train: Split, seed: int) -> tuple[Split, Split]:
+    """A seeded 70/30 cut of train: the prior's part and the replayed part (unobserved
+    outcomes of the replay filled: quality 0, cost the fit part's mean)."""
     perm = np.random.default_rng(seed).permutation(len(train.X))
     cut = int(0.7 * len(perm))
 
@@ -88,8 +87,18 @@ def _cut(train: Split, models: list[str], params: dict[str, Any], fractions: lis
                      [train.tasks[i] for i in idx])
 
     fit, rep = part(perm[:cut]), part(perm[cut:])
-    rep = Split(rep.X, np.nan_to_num(rep.quality, nan=0.0),
-                np.where(np.isnan(rep.cost), np.nanmean(fit.cost, axis=0), rep.cost), rep.tasks)
+    return fit, Split(rep.X, np.nan_to_num(rep.quality, nan=0.0),
+                      np.where(np.isnan(rep.cost), np.nanmean(fit.cost, axis=0), rep.cost),
+                      rep.tasks)
+
+
+def _cut(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
+         ref_idx: int, seed: int) -> tuple[LinUCBPolicy, dict, dict]:
+    """One seeded 70/30 fit/replay cut of train: its prior, the worlds per budget and the
+    frozen prior's after-change accuracy in each."""
+    from eval.online import decision_values
+
+    fit, rep = fit_replay(train, seed)
     prior = LinUCBPolicy(**{**params, "alpha": 0.0}).fit(fit.X, fit.quality, fit.cost, models,
                                                          fit.tasks)
     base = build_world("stationary", {}, fit, rep, models, seed)
@@ -156,6 +165,36 @@ def tune(train: Split, models: list[str], params: dict[str, Any], fractions: lis
                                            "confidence": best["confidence"]}}
 
 
+def tune_cold(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
+              ref_idx: int, values=COLD_ALPHAS, seed: int = 0, replays: int = 1,
+              say=print) -> dict[str, Any]:
+    """``cold_alpha`` (the optimism of a backend without train outcomes) on the train swap
+    world (the busiest model removed halfway, a held-out one appearing): the best mean
+    after-change accuracy over budgets and cuts. It changes nothing where every arm has
+    train outcomes (the stationary, degrade and price worlds)."""
+    from eval.drift import replay_world
+
+    rows = []
+    for value in values:
+        accs = []
+        for r in range(replays):
+            fit, rep = fit_replay(train, seed + r)
+            base = build_world("stationary", {}, fit, rep, models, seed + r)
+            ref_spend = float(base.cost[:, ref_idx].sum())
+            for frac in fractions:
+                B = frac * ref_spend
+                frozen = replay_world(base, models, params, B, learn=False)
+                first = frozen.chosen[:base.T // 2]
+                busiest = int(np.bincount(first[first >= 0], minlength=len(models)).argmax())
+                world = build_world("swap", {}, fit, rep, models, seed + r, busiest=busiest)
+                res = replay_world(world, models, {**params, "cold_alpha": value}, B, True)
+                accs.append(float(res.reward[world.change:].mean()))
+        rows.append({"cold_alpha": value, "swap_quality": float(np.mean(accs))})
+        say(f"cold_alpha {value}: swap after-change accuracy {rows[-1]['swap_quality']:.4f}")
+    best = max(rows, key=lambda r: r["swap_quality"])
+    return {"candidates": rows, "chosen": best["cold_alpha"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -189,7 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     result = tune(Split(X, train.quality, train.cost, list(train.tasks)), models, params,
                   [float(b) for b in args.budgets.split(",")], ref, seed=args.seed,
                   replays=args.replays)
-    print(json.dumps(result["chosen"]))
+    chosen = result["chosen"]
+    f = chosen["forgetting"]
+    bandit = {**params, "alpha": chosen["alpha"], "confidence": chosen["confidence"],
+              "discount": f["discount"], "drift_threshold": f["threshold"],
+              "drift_slack": f["slack"], "drift_shrink": f["shrink"],
+              "cost_threshold": f["cost_threshold"], "cost_slack": f["cost_slack"]}
+    result["cold"] = tune_cold(Split(X, train.quality, train.cost, list(train.tasks)), models,
+                               bandit, [float(b) for b in args.budgets.split(",")], ref,
+                               seed=args.seed, replays=args.replays)
+    chosen["cold_alpha"] = result["cold"]["chosen"]
+    print(json.dumps(chosen))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -81,7 +81,9 @@ class LinUCBPolicy(Policy):
     only by what the posterior has established, ``prior + soft(mean - prior, kappa *
     width)`` (the part of the online change beyond kappa posterior widths; 0 = the plain
     posterior mean), so that with nothing changing the bandit keeps its prior's choices;
-    an arm whose change detector fired follows its posterior.
+    an arm whose change detector fired follows its posterior. ``cold_alpha`` (None =
+    ``alpha``): the optimism of an arm without train outcomes (a backend added for online
+    learning), so that it gets tried where it could be better.
     """
 
     name = "linucb"
@@ -105,8 +107,10 @@ class LinUCBPolicy(Policy):
         cost_slack: float = 0.5,
         cold_weight: float = 0.05,
         confidence: float = 0.0,
+        cold_alpha: float | None = None,
     ) -> None:
         self.confidence = confidence
+        self.cold_alpha = cold_alpha
         self.fallback = fallback
         self.discount = discount
         self.drift_threshold = drift_threshold
@@ -142,6 +146,11 @@ class LinUCBPolicy(Policy):
         ):
             raise PolicyError(f"linucb: proj_dim must be a positive integer or None, got {self.proj_dim!r}")
         self.forgetting()  # raises on bad forgetting parameters
+        ca = self.cold_alpha
+        if ca is not None and (isinstance(ca, bool) or not isinstance(ca, int | float)
+                               or not 0 <= ca < np.inf):
+            raise PolicyError(f"linucb: cold_alpha must be a finite number >= 0 or None, "
+                              f"got {ca!r}")
         cw = self.cold_weight
         if isinstance(cw, bool) or not isinstance(cw, int | float) or not 0 <= cw < np.inf:
             raise PolicyError(f"linucb: cold_weight must be a finite number >= 0, got {cw!r}")
@@ -350,8 +359,16 @@ class LinUCBPolicy(Policy):
         mean = np.clip(self.gated_mean(X, mean, width), 0.0, 1.0)
         if weight.any():
             mean = blend(mean, self.fallback_target(), weight)
-        return BanditEstimate(mean, float(self.alpha) * width,
+        return BanditEstimate(mean, self._alphas() * width,
                               np.broadcast_to(cost, mean.shape).copy(), fam, weight)
+
+    def _alphas(self) -> np.ndarray | float:
+        """The bonus multiplier per arm: ``cold_alpha`` for arms without train outcomes."""
+        alpha, cold = float(self.alpha), getattr(self, "cold_alpha", None)
+        n = getattr(self, "global_n_", None)
+        if cold is None or n is None or not (n == 0).any():
+            return alpha
+        return np.where(n == 0, float(cold), alpha)
 
     def gated_mean(self, X: np.ndarray, mean: np.ndarray, width: np.ndarray) -> np.ndarray:
         """The posterior ``mean`` (n, m) moved back toward the frozen prior's mean by

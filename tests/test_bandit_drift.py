@@ -154,3 +154,17 @@ def test_a_fixed_price_sample_follows_the_cost_estimates():
     small = c * 1.05  # a move under COST_MOVE keeps the tabulated curve
     same = OnlineKnapsack(EmbeddedLedger(), budget, price_sample=sample)
     assert same.decide(q, small, small, now=0.0).threshold == pytest.approx(d_old.threshold)
+
+
+def test_cold_alpha_is_the_optimism_of_an_arm_without_train_outcomes():
+    train = make(200, 0)
+    q = train.quality.copy()
+    q[:, 2] = np.nan  # 'mid' has no train outcomes
+    plain = LinUCBPolicy(alpha=0.1).fit(train.X, q, train.cost, MODELS)
+    eager = LinUCBPolicy(alpha=0.1, cold_alpha=2.0).fit(train.X, q, train.cost, MODELS)
+    a, b = plain.estimates(train.X[:20]), eager.estimates(train.X[:20])
+    assert np.allclose(a.mean, b.mean)
+    assert np.allclose(b.bonus[:, 2], 20 * a.bonus[:, 2])
+    assert np.allclose(np.delete(b.bonus, 2, axis=1), np.delete(a.bonus, 2, axis=1))
+    with pytest.raises(PolicyError, match="cold_alpha"):
+        LinUCBPolicy(cold_alpha=-1.0).fit(train.X, q, train.cost, MODELS)
