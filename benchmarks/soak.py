@@ -66,8 +66,6 @@ POLICY = "linucb"
 #: (name, start, end) as fractions of the run
 PHASES = [("steady", 0.0, 0.15), ("strong-hangs", 0.15, 0.35), ("recovered", 0.35, 0.40),
           ("redis-down", 0.40, 0.55), ("redis-back", 0.55, 0.70), ("replica-killed", 0.70, 1.0)]
-CONN_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-               httpx.WriteError, httpx.PoolTimeout)
 
 
 def phase_at(frac: float) -> str:
@@ -91,7 +89,12 @@ class Tally:
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     fb_sent: int = 0
     fb_ok: int = 0
+    fb_queued: int = 0  # answered 202: deferred by the gateway (during/after the outage)
     fb_other: Counter = field(default_factory=Counter)  # "phase status" -> count
+    phase_of: dict[str, str] = field(default_factory=dict)  # answered request id -> phase
+    send_lag: list[float] = field(default_factory=list)  # how late each request was sent
+    load_s: float = 0.0  # the sending itself
+    drain_s: float = 0.0  # after the last send, until every answer and feedback was in
 
 
 class Upstream:
@@ -141,68 +144,88 @@ def gateway_config(up: Upstream, artifact: Path, state_dir: Path,
 
 
 class Balancer:
-    """Round robin over replicas; a connection cut by a dead replica is retried once."""
+    """Round robin over replicas; a connection cut by a dead replica is retried once.
 
-    def __init__(self, urls: list[str], client: httpx.AsyncClient, tally: Tally) -> None:
+    The driver is one ``aiohttp`` session (one event loop, one process): httpx's pool scans
+    every pooled connection on each request, so with hundreds in flight the driver itself
+    became the bottleneck (earlier runs: 100% CPU for minutes after the load, the measured
+    latency its own backlog). ``slots`` bounds the requests in flight; a request waiting
+    for a slot is timed from its due time, so the wait counts as latency (no coordinated
+    omission)."""
+
+    def __init__(self, urls: list[str], session: Any, tally: Tally, slots: asyncio.Semaphore
+                 ) -> None:
         self.urls = urls
-        self.client = client
+        self.session = session
         self.tally = tally
+        self.slots = slots
 
-    async def post(self, i: int, path: str, body: dict[str, Any]) -> httpx.Response | str:
+    async def post(self, i: int, path: str, body: dict[str, Any]
+                   ) -> tuple[int, dict[str, str], Any] | str:
+        import aiohttp
+
         last = "no replica"
-        for attempt in range(min(2, len(self.urls))):
-            url = self.urls[(i + attempt) % len(self.urls)]
-            try:
-                return await self.client.post(url + path, json=body)
-            except CONN_ERRORS as exc:
-                last = type(exc).__name__
-                if attempt == 0 and len(self.urls) > 1:
-                    if isinstance(exc, httpx.ConnectError):
+        async with self.slots:
+            for attempt in range(min(2, len(self.urls))):
+                url = self.urls[(i + attempt) % len(self.urls)]
+                try:
+                    async with self.session.post(url + path, json=body) as r:
+                        raw = await r.read()
+                        try:
+                            data = json.loads(raw)
+                        except ValueError:
+                            data = None
+                        return r.status, dict(r.headers), data
+                except TimeoutError:
+                    return "timeout"
+                except aiohttp.ClientConnectorError as exc:
+                    last = type(exc).__name__
+                    if attempt == 0 and len(self.urls) > 1:
                         self.tally.rerouted += 1
-                    else:
+                except aiohttp.ClientError as exc:  # cut mid-request (server disconnected)
+                    last = type(exc).__name__
+                    if attempt == 0 and len(self.urls) > 1:
                         self.tally.cut += 1
-            except httpx.TimeoutException:
-                return "timeout"
         return last
 
 
-def clear_error(r: httpx.Response) -> bool:
+def clear_error(data: Any) -> bool:
     try:
-        err = r.json()["error"]
+        err = data["error"]
         return bool(err["message"]) and isinstance(err["type"], str)
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return False
 
 
-async def one_request(i: int, lb: Balancer, tally: Tally, phase: str,
+async def one_request(i: int, lb: Balancer, tally: Tally, phase: str, due: float,
                       feedback: list[asyncio.Task]) -> None:
     text = (MATH if i % 2 else POEM).format(i)
     model = "cheap" if i % 10 == 0 else "router-auto"
     body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": text}]}
     tally.sent += 1
-    t0 = time.perf_counter()
     r = await lb.post(i, "/v1/chat/completions", body)
     if isinstance(r, str):
         tally.unanswered[r] += 1
         return
-    tally.latency[phase].append(time.perf_counter() - t0)
-    if r.status_code != 200:
-        if clear_error(r):
-            tally.refused[r.status_code] += 1
+    tally.latency[phase].append(time.perf_counter() - due)
+    status, headers, data = r
+    if status != 200:
+        if clear_error(data):
+            tally.refused[status] += 1
         else:
-            tally.unanswered[f"{r.status_code} without an error body"] += 1
+            tally.unanswered[f"{status} without an error body"] += 1
         return
-    data = r.json()
-    info = data.get("router") or {}
+    info = (data or {}).get("router") or {}
+    rid = headers["x-router-request-id"]
     tally.answered += 1
-    tally.answered_ids.add(r.headers["x-router-request-id"])
-    tally.cost += float(r.headers["x-router-cost"])
+    tally.answered_ids.add(rid)
+    tally.phase_of[rid] = phase
+    tally.cost += float(headers["x-router-cost"])
     if len(info.get("attempts") or []) > 1:
         tally.fallbacks += 1
     if model == "router-auto" and i % 3 == 0:
-        reward = 1.0 if r.headers["x-router-model"] == "strong" else 0.3
-        feedback.append(asyncio.create_task(send_feedback(
-            i + 1, lb, tally, r.headers["x-router-request-id"], reward, phase)))
+        reward = 1.0 if headers["x-router-model"] == "strong" else 0.3
+        feedback.append(asyncio.create_task(send_feedback(i + 1, lb, tally, rid, reward, phase)))
 
 
 async def send_feedback(i: int, lb: Balancer, tally: Tally, rid: str, reward: float,
@@ -211,17 +234,18 @@ async def send_feedback(i: int, lb: Balancer, tally: Tally, rid: str, reward: fl
     r = await lb.post(i, "/v1/feedback", {"request_id": rid, "reward": reward})
     if isinstance(r, str):
         tally.fb_other[f"{phase} {r}"] += 1
-    elif r.status_code == 200:
+    elif r[0] in (200, 202):
         tally.fb_ok += 1
+        tally.fb_queued += r[0] == 202
     else:
-        tally.fb_other[f"{phase} {r.status_code}"] += 1
+        tally.fb_other[f"{phase} {r[0]}"] += 1
 
 
 async def drive(rate: float, seconds: float, lb: Balancer, tally: Tally,
                 schedule: list[tuple[float, Any]]) -> None:
     """Open-loop load at ``rate`` for ``seconds``; ``schedule`` runs (fraction, fn) faults."""
     n = int(rate * seconds)
-    tasks: list[asyncio.Task] = []
+    tasks: set[asyncio.Task] = set()
     feedback: list[asyncio.Task] = []
     pending: list[asyncio.Future] = []
     todo = sorted(schedule, key=lambda s: s[0])
@@ -236,14 +260,19 @@ async def drive(rate: float, seconds: float, lb: Balancer, tally: Tally,
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        tally.send_lag.append(time.perf_counter() - due)
         phase = phase_at((due - t0) / seconds)
-        tasks.append(asyncio.create_task(one_request(i, lb, tally, phase, feedback)))
+        task = asyncio.create_task(one_request(i, lb, tally, phase, due, feedback))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    tally.load_s = time.perf_counter() - t0
     for _, fn in todo:
         pending.append(loop.run_in_executor(faults, fn))
     await asyncio.gather(*pending)
     faults.shutdown()
     await asyncio.gather(*tasks)
     await asyncio.gather(*feedback)
+    tally.drain_s = time.perf_counter() - t0 - tally.load_s
 
 
 def percentiles(values: list[float]) -> str:
@@ -254,44 +283,56 @@ def percentiles(values: list[float]) -> str:
     return f"{p(0.5):.1f} / {p(0.99):.1f} ms"
 
 
-def count_records(setup: str, state_dirs: list[Path], redis_url: str | None) -> set[str]:
-    """Request ids of the outcome records the store holds."""
+def stored_outcomes(setup: str, state_dirs: list[Path], redis_url: str | None
+                    ) -> tuple[set[str], float]:
+    """Request ids of the outcome records the store holds, and the sum of their costs
+    (answered ones, and ones whose answer a dying replica never sent: paid all the same)."""
     from router.state.outcome_store import open_outcome_store
 
     ids: set[str] = set()
+    cost = 0.0
     for d in state_dirs if setup == "embedded" else state_dirs[:1]:
         store = open_outcome_store(d, redis_url, "costroute:outcomes")
-        ids |= {r["request_id"] for r in store.records()
-                if r.get("event", "outcome") == "outcome" and r.get("request_id")}
-    return ids
+        for r in store.records():
+            if r.get("event", "outcome") == "outcome" and r.get("request_id"):
+                ids.add(r["request_id"])
+                cost += float(r.get("cost") or 0.0)
+    return ids, cost
 
 
-def bandit_updates(setup: str, state_dir: Path, redis_url: str | None) -> int:
+def bandit_version(setup: str, state_dir: Path, redis_url: str | None) -> int:
+    """How many outcomes the shared (or embedded) bandit has folded in (its version;
+    the Redis log itself is trimmed at each compaction)."""
     if redis_url:
         import redis
 
-        return int(redis.Redis.from_url(redis_url).xlen(f"costroute:bandit:{POLICY}:log"))
+        return int(redis.Redis.from_url(redis_url).get(f"costroute:bandit:{POLICY}:ver") or 0)
     from router.state.bandit_store import EmbeddedBanditStore
 
     store = EmbeddedBanditStore(state_dir / f"bandit-{POLICY}.npz")
-    return int(store.version())
+    return max(0, int(store.version()))
 
 
-def key_spend(setup: str, state_dir: Path, redis_url: str | None) -> float:
+def key_spend(setup: str, state_dir: Path, redis_url: str | None) -> tuple[float, float]:
+    """(spent, reserved) of the soak key in the store, after every replica stopped."""
     if redis_url:
         import redis
 
-        return float(redis.Redis.from_url(redis_url).hget(f"costroute:key:{KEY_HASH}", "spent")
-                     or 0.0)
+        spent, reserved = redis.Redis.from_url(redis_url).hmget(
+            f"costroute:key:{KEY_HASH}", "spent", "reserved")
+        return float(spent or 0.0), float(reserved or 0.0)
     import sqlite3
 
     with sqlite3.connect(state_dir / "keys.sqlite") as con:
         row = con.execute("SELECT spent FROM spend WHERE key_hash = ?", (KEY_HASH,)).fetchone()
-    return float(row[0]) if row else 0.0
+    return (float(row[0]) if row else 0.0), 0.0  # embedded: reservations die with the process
 
 
-def run(setup: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
-    """One soak run; returns the report (``lost`` lists what went missing)."""
+def run(setup: str, rate: float, seconds: float, workdir: Path, max_inflight: int = 256
+        ) -> dict[str, Any]:
+    """One soak run; returns the report (``lost`` lists what went missing).
+
+    ``max_inflight`` bounds the driver's requests in flight (and its connections)."""
     workdir.mkdir(parents=True, exist_ok=True)
     up = Upstream(workdir)
     up.control(model="*", fail="503", fail_rate=0.10)
@@ -303,6 +344,7 @@ def run(setup: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any
                            workdir / f"replica-{n}") for n in names]
     for r in [r.launch() for r in reps]:
         r.wait_ready(90)
+    version0 = bandit_version(setup, workdir / "state-a", url) if url else 0
     tally = Tally()
     restarted: dict[str, float] = {}
 
@@ -321,9 +363,13 @@ def run(setup: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any
                      (0.70, reps[1].kill), (0.72, restart_b)]
 
     async def main() -> None:
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        async with httpx.AsyncClient(headers=AUTH, timeout=30.0, limits=limits) as client:
-            lb = Balancer([r.url for r in reps], client, tally)
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=max_inflight, limit_per_host=0)
+        timeout = aiohttp.ClientTimeout(total=30.0)
+        async with aiohttp.ClientSession(headers=AUTH, connector=connector,
+                                         timeout=timeout) as session:
+            lb = Balancer([r.url for r in reps], session, tally, asyncio.Semaphore(max_inflight))
             await drive(rate, seconds, lb, tally, schedule)
 
     t0 = time.perf_counter()
@@ -332,13 +378,14 @@ def run(setup: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any
     time.sleep(1.5)  # feedback contexts / outcome writer flush interval
     for r in reps:
         r.stop()  # graceful: drains outcome writers, persists spend
-    stored = count_records(setup, [workdir / f"state-{n}" for n in names], url)
-    updates = bandit_updates(setup, workdir / "state-a", url)
-    spend = key_spend(setup, workdir / "state-a", url)
+    stored, stored_cost = stored_outcomes(setup, [workdir / f"state-{n}" for n in names], url)
+    updates = bandit_version(setup, workdir / "state-a", url) - version0
+    spend, reserved = key_spend(setup, workdir / "state-a", url)
     up.stop()
     if redis_srv:
         redis_srv.stop()
     lost_records = len(tally.answered_ids - stored)
+    tol = 1e-9 * max(1.0, tally.cost)
     report = {
         "setup": setup, "rate": rate, "seconds": seconds, "wall_s": round(wall, 1),
         "sent": tally.sent, "answered": tally.answered, "refused": dict(tally.refused),
@@ -348,9 +395,14 @@ def run(setup: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any
                             if tally.latency[p]},
         "records_stored_of_answered": f"{tally.answered - lost_records} / {tally.answered}",
         "feedback": {"sent": tally.fb_sent, "accepted": tally.fb_ok,
-                     "other": dict(tally.fb_other), "bandit_updates": updates},
+                     "deferred_202": tally.fb_queued, "other": dict(tally.fb_other),
+                     "bandit_updates": updates},
         "spend": {"store": spend, "answered_sum": tally.cost,
-                  "difference": spend - tally.cost},
+                  "difference": spend - tally.cost, "records_sum": stored_cost,
+                  "reserved_left": reserved},
+        "send_lag_p99_ms": round(sorted(tally.send_lag)[int(0.99 * (len(tally.send_lag) - 1))]
+                                 * 1000, 1) if tally.send_lag else None,
+        "load_s": round(tally.load_s, 1), "drain_s": round(tally.drain_s, 1),
         "replica_b_restart_s": round(restarted.get("b", 0.0), 2) or None,
     }
     lost = []
@@ -358,10 +410,16 @@ def run(setup: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any
         lost.append(f"{sum(tally.unanswered.values())} unanswered requests")
     if lost_records:
         lost.append(f"{lost_records} answered requests without an outcome record")
-    if updates < tally.fb_ok:
-        lost.append(f"{tally.fb_ok - updates} accepted feedback without a bandit update")
-    if spend < tally.cost - 1e-9 * max(1.0, tally.cost):
+    if updates < tally.fb_sent:
+        lost.append(f"{tally.fb_sent - updates} feedback sent without a bandit update "
+                    f"({dict(tally.fb_other) or 'all accepted'})")
+    if spend < tally.cost - tol:
         lost.append(f"${tally.cost - spend:.9f} of answered spend missing from the store")
+    if abs(spend - stored_cost) > tol:
+        lost.append(f"key spend ${spend:.9f} differs from the recorded calls' "
+                    f"${stored_cost:.9f}")
+    if reserved > tol:
+        lost.append(f"${reserved:.9f} still reserved on the key after every replica stopped")
     report["lost"] = lost
     return report
 
@@ -379,11 +437,16 @@ def print_report(rep: dict[str, Any]) -> None:
         print(f"  {phase:<15} p50 / p99 {lat}")
     fb = rep["feedback"]
     print(f"outcome records stored / answered: {rep['records_stored_of_answered']}")
-    print(f"feedback sent {fb['sent']}, accepted {fb['accepted']} (other {fb['other']}), "
-          f"bandit updates applied {fb['bandit_updates']}")
+    print(f"feedback sent {fb['sent']}, accepted {fb['accepted']} (of which deferred, 202: "
+          f"{fb['deferred_202']}; other {fb['other']}), bandit updates applied "
+          f"{fb['bandit_updates']}")
     s = rep["spend"]
     print(f"key spend in the store ${s['store']:.9f} vs answered costs ${s['answered_sum']:.9f} "
-          f"(difference {s['difference']:+.2e}: calls cut by the kill, paid but unanswered)")
+          f"(difference {s['difference']:+.2e}: calls whose answer a killed replica never "
+          f"sent); vs all recorded calls ${s['records_sum']:.9f}; still reserved "
+          f"${s['reserved_left']:.3g}")
+    print(f"driver: sending {rep['load_s']} s (send lag p99 {rep['send_lag_p99_ms']} ms), "
+          f"drain {rep['drain_s']} s")
     print("LOST: " + "; ".join(rep["lost"]) if rep["lost"] else "nothing lost")
 
 

@@ -141,7 +141,8 @@ def test_feedback_roundtrip(gateway):
     r = httpx.post(gateway.base + "/feedback", json={"request_id": rid, "reward": 0.75})
     assert r.status_code == 200
     # knn does not learn online: the reward is recorded, the policy is unchanged
-    assert r.json() == {"request_id": rid, "reward": 0.75, "model": "cheap", "updated": False}
+    assert r.json() == {"request_id": rid, "reward": 0.75, "model": "cheap", "updated": False,
+                        "queued": False}
     again = httpx.post(gateway.base + "/feedback", json={"request_id": rid, "reward": 0.5})
     assert again.status_code == 409 and again.json()["error"]["code"] == "duplicate_feedback"
     unknown = httpx.post(gateway.base + "/feedback", json={"request_id": "cr-x", "reward": 1})

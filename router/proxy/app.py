@@ -39,11 +39,12 @@ from router.proxy.backends import BackendPool, make_backend
 from router.proxy.cascade import CascadeExecutor
 from router.proxy.config import ConfigError, GatewayConfig
 from router.proxy.execution import SingleCallExecutor
+from router.proxy.feedback import FeedbackDesk
 from router.proxy.guard import AuthGate, openapi_schema, request_body
 from router.proxy.keys import KeyManager
 from router.proxy.loading import load_policies
 from router.proxy.metrics import Metrics
-from router.proxy.outcomes import FeedbackCache, FeedbackContext, OutcomeLogger
+from router.proxy.outcomes import FeedbackCache, OutcomeLogger
 from router.proxy.parsing import parse_chat, read_body
 from router.proxy.planning import Planner
 from router.proxy.responses import Responder
@@ -145,8 +146,11 @@ class Gateway:
             self._share_encoder(self.replay, served[default_policy])
 
         # state
+        from router.state import configure_redis_pool
         from router.state.keys_store import LocalKeyStore, RedisKeyStore
         from router.state.outcome_store import open_outcome_store
+
+        configure_redis_pool(cfg.state.redis_max_connections)
 
         self.outcome_store = open_outcome_store(state_dir, cfg.state.redis_url,
                                                 cfg.state.outcome_stream)
@@ -179,11 +183,13 @@ class Gateway:
         self._tasks: set[asyncio.Task] = set()
         # the request's steps (see the module docstring)
         self.planner = Planner(self.router, self.pool, self.metrics, self.executor)
-        self.spend = Spend(self.keys, self.pacer, self.pool, self.executor, self._spawn,
+        self._draining: set[asyncio.Task] = set()  # settles and releases: awaited at stop
+        self.spend = Spend(self.keys, self.pacer, self.pool, self.executor, self._spawn_drained,
                            r.estimate_output_tokens)
         self.responder = Responder(self)
         self.single = SingleCallExecutor(self)
         self.cascade = CascadeExecutor(self)
+        self.desk = FeedbackDesk(self)
         self.ready = False
         self.started_at = time.time()
         self._attach_bandit_stores()
@@ -221,6 +227,12 @@ class Gateway:
         self.ready = False
         for t in list(self._tasks):
             t.cancel()
+        if self._draining:  # money held or spent: settle it rather than cancel it
+            _, late = await asyncio.wait(list(self._draining), timeout=10.0)
+            for t in late:
+                t.cancel()
+        with contextlib.suppress(Exception):
+            await self.desk.retry()
         self.outcomes.close()  # drains: queued outcomes and feedback contexts are written
         if self.feedback_cache.shared is not None:
             self.feedback_cache.shared.close()
@@ -243,6 +255,13 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _spawn_drained(self, coro) -> asyncio.Task:
+        """Like :meth:`_spawn`, but :meth:`stop` waits for it (spend settles, releases)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+        return task
+
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -252,6 +271,10 @@ class Gateway:
                 await self.key_store.aflush()  # spend journaled during a Redis outage
             except Exception:
                 log.exception("persisting key spend failed")
+            try:
+                await self.desk.retry()  # feedback deferred during a Redis outage
+            except Exception:
+                log.exception("retrying deferred feedback failed")
 
     # ---- model names -------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -263,9 +286,11 @@ class Gateway:
         t0 = time.perf_counter()
         rid = new_request_id()
         rec: dict[str, Any] = {"event": "outcome", "request_id": rid, "ts": time.time()}
+        settles = self.spend.track_settles()
         try:
             response = await self._chat(request, rid, rec, t0)
             if self.outcomes.ack:  # state.sync_outcomes: answer once the record is stored
+                await self.spend.settled(settles)  # and the call's cost charged
                 await self.outcomes.stored(rid)
             return response
         except APIError as err:
@@ -301,46 +326,8 @@ class Gateway:
     # ---- feedback --------------------------------------------------------------------
     async def feedback(self, request_id: str, reward: float, source: str = "api"
                        ) -> FeedbackResponse:
-        ctx = await self._claim_feedback(request_id)
-        if ctx is None:
-            raise APIError(404, f"Unknown request_id '{request_id}' (too old, or served by "
-                                "another replica).", code="request_not_found",
-                           param="request_id")
-        if ctx is False:
-            raise APIError(409, f"Feedback for '{request_id}' was already given.",
-                           code="duplicate_feedback", param="request_id")
-        assert isinstance(ctx, FeedbackContext)
-        updated = False
-        served = self.router.policies.get(ctx.policy) if ctx.policy else None
-        if (served is not None and served.online and ctx.embedding is not None
-                and ctx.policy_model is not None):
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, served.update, ctx.embedding, ctx.policy_model, reward, ctx.cost)
-            updated = True
-        self.outcomes.submit({"event": "feedback", "request_id": request_id, "reward": reward,
-                              "ts": time.time(), "source": source, "updated": updated})
-        if self.outcomes.ack:  # state.sync_outcomes: the feedback event is stored first too
-            await self.outcomes.stored(request_id)
-        self.metrics.feedback.labels(source, str(updated).lower()).inc()
-        return FeedbackResponse(request_id=request_id, reward=reward, model=ctx.backend,
-                                updated=updated)
-
-    async def _claim_feedback(self, request_id: str) -> FeedbackContext | None | bool:
-        """Claim the request's context; shared (Redis): from any replica, exactly once.
-
-        Another replica writes its contexts with its outcome batches, so an id not found
-        yet is looked up again for one flush interval (plus margin) before giving up.
-        """
-        cache = self.feedback_cache
-        if cache.shared is None:
-            return cache.claim(request_id)
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.cfg.state.flush_interval_seconds + 0.5
-        while True:
-            ctx = await loop.run_in_executor(self.executor, cache.claim, request_id)
-            if ctx is not None or time.monotonic() >= deadline:
-                return ctx
-            await asyncio.sleep(0.05)
+        """Feedback for a request served by any replica (router.proxy.feedback)."""
+        return await self.desk.give(request_id, reward, source)
 
     # ---- status ----------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:
@@ -424,16 +411,21 @@ def create_app(cfg: GatewayConfig, **gateway_kwargs: Any) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         return await gw.chat(request)
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, responses=err_responses,
+    fb_responses = {**err_responses, 202: {
+        "model": FeedbackResponse, "description": "Not known here yet (during or just after "
+        "a Redis outage): kept, and applied once the request's context is found"}}
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, responses=fb_responses,
               openapi_extra=request_body(FeedbackRequest, body_defs))
-    async def feedback(request: Request) -> FeedbackResponse:
+    async def feedback(request: Request) -> Response:
         gw.keys.authenticate(request.headers)
         raw = await read_body(request, 64 * 1024)
         try:
             fb = FeedbackRequest.model_validate_json(raw)
         except ValidationError as exc:
             raise validation_error_to_api(exc) from None
-        return await gw.feedback(fb.request_id, fb.reward)
+        out = await gw.feedback(fb.request_id, fb.reward)
+        return JSONResponse(out.model_dump(), status_code=202 if out.queued else 200)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

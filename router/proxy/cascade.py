@@ -170,7 +170,7 @@ class CascadeExecutor:
         try:
             comp = await backend.complete(payload)
         except asyncio.CancelledError:  # the client went away: the hold must not leak
-            gw._spawn(gw.spend.release(hold))
+            gw._spawn_drained(gw.spend.release(hold))
             raise
         except BackendError as exc:
             out.latency_ms = round((time.perf_counter() - t) * 1000, 3)

@@ -193,12 +193,20 @@ class StateConfig(_Strict):
     feedback_cache_size: int = Field(default=50_000, ge=0)
     #: with redis_url: how long a request's feedback context stays claimable on any replica
     feedback_ttl_seconds: float = Field(default=3600.0, gt=0)
-    #: answer a (non-streaming) request only once its outcome record is stored, so a replica
-    #: crash loses no record of an answered request (group commit; costs one store write)
+    #: answer a (non-streaming) request only once its outcome record is stored and its cost
+    #: charged to the key, so a replica crash loses no record and no spend of an answered
+    #: request (group commit; costs one store write and one key-store round trip)
     sync_outcomes: bool = False
     #: keep each request's routing text (its last user message) in its outcome record, so
     #: `router data from-logs` builds a training set without a prompt file
     log_prompts: bool = False
+    #: with redis_url: connections per Redis client (each store has one); a request that
+    #: finds them all busy waits for one (bounded: Redis' maxclients is never exhausted)
+    redis_max_connections: int = Field(default=32, ge=1, le=10_000)
+    #: with redis_url: feedback for an id no store knows yet, received during or shortly
+    #: after a Redis outage (its context may still sit in another replica's memory), is
+    #: accepted (202), journaled and retried for this long before it is dropped
+    feedback_defer_seconds: float = Field(default=120.0, ge=0)
 
     @field_validator("redis_url")
     @classmethod

@@ -4,11 +4,13 @@
 ``1 + routing.max_fallback_tries``; passthrough: one): reserve the call's worst-case cost,
 call the backend, then hand the answer to router.proxy.responses (which settles the
 actual cost and writes the outcome). A failed call releases its hold, puts the backend on
-cooldown and tries the next; an upstream 4xx is returned as it is.
+cooldown and tries the next; an upstream 4xx is returned as it is. A call cancelled (the
+client went away) or failing on a bug releases its hold too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +78,9 @@ class SingleCallExecutor:
                     result = await backend.open_stream(call.payload)
                 else:
                     result = await backend.complete(call.payload)
+            except asyncio.CancelledError:  # the client went away: the hold must not leak
+                gw._spawn_drained(spend.release(hold))
+                raise
             except BackendError as exc:
                 upstream_s += time.perf_counter() - t_call
                 await spend.release(hold)
@@ -88,6 +93,9 @@ class SingleCallExecutor:
                                    code="upstream_rejected") from None
                 gw.pool.fail(backend.name)
                 continue
+            except Exception:  # a bug (answered 500): still give the hold back
+                await spend.release(hold)
+                raise
             gw.pool.ok(backend.name)
             attempts.append({"model": backend.name, "error": None})
             rec["model"] = backend.name

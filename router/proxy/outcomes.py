@@ -221,6 +221,14 @@ class FeedbackCache:
         self._flush_lock = threading.Lock()
         self.retry_seconds = retry_seconds
         self._retry_at = 0.0
+        #: did the last round trip to the shared store succeed; when did one last fail
+        self.shared_healthy = True
+        self.last_shared_failure = float("-inf")
+
+    def _shared_failed(self) -> None:
+        self._retry_at = time.monotonic() + self.retry_seconds
+        self.last_shared_failure = time.monotonic()
+        self.shared_healthy = False
 
     def put(self, request_id: str, ctx: FeedbackContext) -> None:
         if self.size <= 0:
@@ -265,8 +273,9 @@ class FeedbackCache:
                                          c.cost, used=c.used))
                     for rid, c in items])
             except StoreUnavailable:
-                self._retry_at = time.monotonic() + self.retry_seconds
+                self._shared_failed()
                 raise
+            self.shared_healthy = True
             with self._lock:
                 for rid, ctx in items:
                     if self._pending.get(rid) is ctx:
@@ -289,9 +298,10 @@ class FeedbackCache:
                     self.flush_shared()
                 res = self.shared.claim(request_id)
             except StoreUnavailable as exc:
-                self._retry_at = time.monotonic() + self.retry_seconds
+                self._shared_failed()
                 log.warning("shared feedback store unreachable, using local contexts: %s", exc)
             else:
+                self.shared_healthy = True
                 if res is None:
                     return None
                 with self._lock:

@@ -134,6 +134,9 @@ class FeedbackResponse(BaseModel):
     model: str | None
     #: True when an online policy learned from it
     updated: bool
+    #: True (answered 202) when the request is not known here yet (during or just after a
+    #: Redis outage another replica may still hold it): kept and applied once it is found
+    queued: bool = False
 
 
 class ModelCard(BaseModel):

@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from router.proxy.backends import BackendPool
 from router.proxy.keys import ANONYMOUS, KeyInfo, KeyManager
 from router.proxy.routing import Candidate
+
+#: settles started while the current request is answered (see :meth:`Spend.track_settles`)
+_SETTLES: ContextVar[list[asyncio.Task] | None] = ContextVar("costroute_settles", default=None)
 
 
 @dataclass
@@ -30,7 +34,8 @@ class Spend:
     """Reserve, settle and release :class:`Hold` s; picks the next candidate when pacing."""
 
     def __init__(self, keys: KeyManager, pacer: Any, pool: BackendPool, executor: Executor,
-                 spawn: Callable[[Coroutine], None], estimate_output_tokens: int) -> None:
+                 spawn: Callable[[Coroutine], asyncio.Task | None],
+                 estimate_output_tokens: int) -> None:
         self.keys = keys
         self.pacer = pacer
         self.pool = pool
@@ -67,7 +72,25 @@ class Spend:
     def settle_soon(self, hold: Hold, actual: float) -> None:
         """Settle in the background (nothing to do for the anonymous key without pacing)."""
         if hold.key.hash != ANONYMOUS.hash or hold.pacing is not None:
-            self.spawn(self.settle(hold, actual))
+            task = self.spawn(self.settle(hold, actual))
+            tracked = _SETTLES.get()
+            if tracked is not None and task is not None:
+                tracked.append(task)
+
+    @staticmethod
+    def track_settles() -> list[asyncio.Task]:
+        """From now on in this request, collect its settles (for :meth:`settled`)."""
+        tracked: list[asyncio.Task] = []
+        _SETTLES.set(tracked)
+        return tracked
+
+    @staticmethod
+    async def settled(tracked: list[asyncio.Task], timeout: float = 10.0) -> None:
+        """Wait for the request's settles: with ``state.sync_outcomes`` an answered call's
+        cost is in the key store before the answer leaves, so a replica killed right after
+        answering has charged it (as it has stored the outcome record)."""
+        if tracked:
+            await asyncio.wait(tracked, timeout=timeout)
 
     async def release(self, hold: Hold) -> None:
         if hold.amount:

@@ -14,6 +14,12 @@ settled during an outage is also appended, each entry with a unique id, to an fs
 the outage bandit updates use), so a replica that crashes during the outage pushes it at its
 next start. Each entry is applied by one Lua script that first claims the entry's id
 (``SET NX`` with a 30-day expiry), so a push retried after a crash mid-push never charges twice.
+
+Reservations of a replica that dies: each replica also counts what it holds in its own
+ledger ``<prefix>:held:<replica id>`` (key hash -> amount, changed in the same atomic step
+as ``reserved``). The replica id is stable per state dir (``<state.dir>/replica-id``), so a
+replica restarted after a SIGKILL first gives back everything its earlier life still held;
+without that, the calls in flight at the kill would shrink the key's budget for good.
 """
 
 from __future__ import annotations
@@ -42,7 +48,22 @@ if spent + reserved + amount > tonumber(ARGV[2]) + 1e-12 then
   return {0, tostring(spent), tostring(reserved)}
 end
 redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[1])
+redis.call('HINCRBYFLOAT', KEYS[2], ARGV[3], ARGV[1])
 return {1, tostring(spent), tostring(reserved + amount)}
+"""
+
+#: give back what a replica that died held (its ledger ``KEYS[1]``: key hash -> amount);
+#: ARGV[1] is the key prefix (``<prefix>:key:``)
+_RELEASE_LEDGER = """
+local held = redis.call('HGETALL', KEYS[1])
+for i = 1, #held, 2 do
+  local amount = tonumber(held[i + 1])
+  if amount and amount > 0 then
+    redis.call('HINCRBYFLOAT', ARGV[1] .. held[i], 'reserved', -amount)
+  end
+end
+redis.call('DEL', KEYS[1])
+return #held / 2
 """
 
 _SPEND_ONCE = """
@@ -162,11 +183,15 @@ class RedisKeyStore:
 
     def __init__(self, url: str, prefix: str = "costroute", retry_seconds: float = 1.0,
                  state_dir: str | os.PathLike[str] | None = None) -> None:
-        import redis.asyncio as aredis
+        from router.state import async_redis_client
 
         self.url = url
         self.prefix = prefix
-        self.client = aredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.client = async_redis_client(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.replica_id = _replica_id(state_dir)
+        self._held = f"{prefix}:held:{self.replica_id}"
+        self._ledger_checked = False  # the previous life's ledger given back yet?
+        self._release_ledger = self.client.register_script(_RELEASE_LEDGER)
         self._reserve = self.client.register_script(_RESERVE)
         self._spend_once = self.client.register_script(_SPEND_ONCE)
         self._rate = self.client.register_script(_RATE)
@@ -222,6 +247,7 @@ class RedisKeyStore:
             pipe = self.client.pipeline(transaction=True)
             for key, d_reserved in reserved:
                 pipe.hincrbyfloat(self._key(key), "reserved", d_reserved)
+                pipe.hincrbyfloat(self._held, key, d_reserved)
             await pipe.execute()
             for key, d_reserved in reserved:
                 self._pending[key][1] -= d_reserved
@@ -240,14 +266,26 @@ class RedisKeyStore:
             log.info("pushed local spend changes to redis: %d spend entries, reservations "
                      "of %d key(s)", len(entries), len(reserved))
 
+    async def _give_back_ledger(self) -> None:
+        """What this replica held when it last died goes back to its keys (once, at start)."""
+        if self._ledger_checked:
+            return
+        n = int(await self._release_ledger(keys=[self._held], args=[f"{self.prefix}:key:"]))
+        self._ledger_checked = True
+        if n:
+            log.warning("gave back the reservations of %d key(s) held by this replica "
+                        "(%s) when it last stopped without settling them", n, self.replica_id)
+
     async def _ok(self) -> None:
+        if not self._ledger_checked:
+            await self._give_back_ledger()
         if not self.healthy or self._entries:
             self.healthy = True
             await self._sync_pending()
 
     async def aflush(self) -> None:
         """Push outage changes now if Redis answers (called by the gateway's housekeeping)."""
-        if (self._entries or not self.healthy) and self._usable():
+        if (self._entries or not self.healthy or not self._ledger_checked) and self._usable():
             try:
                 await self._ok()
             except Exception as exc:
@@ -260,7 +298,8 @@ class RedisKeyStore:
             try:
                 await self._ok()
                 ok, spent, reserved = await self._reserve(
-                    keys=[self._key(key)], args=[repr(float(amount)), repr(float(budget))])
+                    keys=[self._key(key), self._held],
+                    args=[repr(float(amount)), repr(float(budget)), key])
                 self._known[key] = (float(spent), float(reserved))
                 return bool(int(ok))
             except Exception as exc:  # redis.ConnectionError is not the builtin one
@@ -281,7 +320,9 @@ class RedisKeyStore:
                 pipe = self.client.pipeline(transaction=True)
                 pipe.hincrbyfloat(self._key(key), "reserved", -reserved)
                 pipe.hincrbyfloat(self._key(key), "spent", actual)
-                new_reserved, new_spent = await pipe.execute()
+                if reserved:
+                    pipe.hincrbyfloat(self._held, key, -reserved)
+                new_reserved, new_spent, *_ = await pipe.execute()
                 self._known[key] = (float(new_spent), float(new_reserved))
                 return
             except Exception as exc:
@@ -300,7 +341,10 @@ class RedisKeyStore:
         if self._usable():
             try:
                 await self._ok()
-                await self.client.hincrbyfloat(self._key(key), "reserved", -reserved)
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hincrbyfloat(self._key(key), "reserved", -reserved)
+                pipe.hincrbyfloat(self._held, key, -reserved)
+                await pipe.execute()
                 return
             except Exception as exc:
                 if not _is_conn_error(exc):
@@ -345,6 +389,23 @@ class RedisKeyStore:
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.aclose()
+
+
+def _replica_id(state_dir: str | os.PathLike[str] | None) -> str:
+    """This replica's stable id: kept in ``<state_dir>/replica-id`` (random without a dir)."""
+    if state_dir is None:
+        return uuid.uuid4().hex
+    path = Path(state_dir) / "replica-id"
+    with contextlib.suppress(OSError):
+        value = path.read_text().strip()
+        if value:
+            return value
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    value = uuid.uuid4().hex
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value + "\n")
+    os.replace(tmp, path)
+    return value
 
 
 def _is_conn_error(exc: Exception) -> bool:

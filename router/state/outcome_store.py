@@ -246,6 +246,19 @@ class DiskBuffer:
             with open(self.path, "rb") as f:
                 return sum(1 for _ in f)
 
+    def replace(self, events: list[dict[str, Any]]) -> None:
+        """Make the file hold exactly ``events`` (atomically: temp file, fsync, rename)."""
+        with self.lock:
+            if not events:
+                self.path.unlink(missing_ok=True)
+                return
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+
     def drop_first(self, n: int) -> None:
         """Remove the first ``n`` lines (those flushed), keeping any appended meanwhile."""
         with self.lock:
