@@ -93,9 +93,10 @@ def run_explore(
     if train is None:
         raise ExploreEvalError("the exploration replay needs the train split")
     if X_train is None:  # e.g. `router eval --explore` with embedding-free policies only
-        from router.encoding.encoder import Encoder, embed_dataset
+        from router.encoding.encoder import embed_dataset
+        from router.encoding.select import default_encoder
 
-        encoder = getattr(ctx, "encoder", None) or Encoder()
+        encoder = getattr(ctx, "encoder", None) or default_encoder()
         X_train = embed_dataset(train, encoder, progress=False)
     X_train = np.asarray(X_train, np.float32)
     if X_train.shape[0] != len(train):

@@ -215,10 +215,11 @@ def _embeddings(train, test, X_train, X_test, encoder, progress: bool):
     if X_train is not None and X_test is not None:
         return np.asarray(X_train, np.float32), np.asarray(X_test, np.float32)
     try:
-        from router.encoding.encoder import Encoder, embed_dataset
+        from router.encoding.encoder import embed_dataset
+        from router.encoding.select import default_encoder
     except ImportError as exc:
         raise OnlineEvalError(f"online replay needs embeddings; the encoder is unavailable ({exc})") from None
-    encoder = encoder if encoder is not None else Encoder()
+    encoder = encoder if encoder is not None else default_encoder()
     if X_train is None:
         X_train = embed_dataset(train, encoder, progress=progress)
     if X_test is None:

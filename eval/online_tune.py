@@ -212,14 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import router.datasets as D
     from eval.online import DEFAULT_PARAMS
-    from router.encoding.encoder import Encoder, embed_dataset
+    from router.encoding.encoder import embed_dataset
+    from router.encoding.select import default_encoder
 
     if not Path(args.data).exists():
         print(f"online_tune: --data {args.data}: no such file or directory", file=sys.stderr)
         return 2
     split = D.load_split(args.data, seed=args.seed)
     train = split.train
-    X = np.asarray(embed_dataset(train, Encoder(), progress=False), np.float32)
+    X = np.asarray(embed_dataset(train, default_encoder(), progress=False), np.float32)
     models = list(train.models)
     with np.errstate(invalid="ignore"):
         ref = int(np.nanargmax(np.nanmean(train.quality, axis=0)))

@@ -144,10 +144,11 @@ def cluster_tasks(rows: list[dict], k: int, encoder: str | None = None, seed: in
             raise CLIError(f"--encoder {encoder}: expected hashing[:DIM] with DIM >= 2")
         enc = load_encoder(hashing_encoder_config(int(dim)), use_cache=False)
     else:
-        from router.encoding.encoder import Encoder, EncoderError
+        from router.encoding.encoder import EncoderError
+        from router.encoding.select import default_encoder
 
         try:
-            enc = Encoder(model_name=encoder) if encoder else Encoder()
+            enc = default_encoder(model_name=encoder) if encoder else default_encoder()
         except EncoderError as exc:
             raise CLIError(f"encoder: {exc}") from None
     X = np.asarray(enc.encode([r["prompt"] for r in rows], progress=False), dtype=np.float64)

@@ -43,6 +43,10 @@ CHOICES = ("auto", "artifact", "torch", "onnx", "onnx-int8", "static")
 #: backends an artifact can be trained with (``router train --encoder-backend``)
 TRAIN_BACKENDS = ("torch", "onnx", "onnx-int8", "static")
 #: what ``router train`` / ``router eval`` embed with when no backend is named
+#: ("static" matches MiniLM's kNN/cscr routing quality within paired intervals on both
+#: shared datasets, benchmarks/bench_static.py, but the bandit's online parameters were
+#: chosen on MiniLM embeddings and on static ones none keeps the frozen prior's accuracy
+#: on every train cut: switching needs that re-tuning first)
 TRAIN_DEFAULT = "torch"
 #: runtimes of one sentence-transformers model (interchangeable vectors)
 SAME_MODEL_BACKENDS = frozenset({"torch", "onnx", "onnx-int8"})
@@ -176,6 +180,12 @@ def first_loading(cfg: dict[str, Any], plan: Sequence[tuple[str, str | None]],
                      enc.model_id, backend, enc.device, trained)
         return enc
     raise EncoderError("no encoder backend could be loaded: " + "; ".join(errors))
+
+
+def default_encoder(**kwargs: Any) -> Encoder:
+    """The encoder training and evaluation use when none is named: the default model (or
+    ``model_name``) on the :data:`TRAIN_DEFAULT` runtime."""
+    return Encoder(**{"backend": TRAIN_DEFAULT, **kwargs})
 
 
 def train_encoder_kwargs(model: str | None, backend: str | None, text_view: str | None,

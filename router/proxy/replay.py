@@ -263,7 +263,6 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
     from policies import REGISTRY, load_policy, make_policy
     from router import datasets
     from router.demo_dataset import generate_demo_dataset
-    from router.encoding.encoder import Encoder
     from router.proxy.config import parse_config
 
     state_dir = Path(state_dir)
@@ -283,7 +282,9 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
 
         enc = load_encoder(hashing_encoder_config(256), use_cache=False)
     elif encoder == "minilm":
-        enc = Encoder()
+        from router.encoding.select import default_encoder
+
+        enc = default_encoder()
     else:
         raise ValueError(f"unknown demo encoder {encoder!r} (minilm or hashing)")
     encoder = enc
