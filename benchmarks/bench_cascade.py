@@ -69,9 +69,10 @@ def reach(q: np.ndarray, c: np.ndarray, target: float) -> tuple[float | None, fl
 
 def embeddings(train, test) -> tuple[np.ndarray, np.ndarray]:
     """Train and test embeddings with the default encoder (router eval's disk cache)."""
-    from router.encoding.encoder import Encoder, embed_dataset
+    from router.encoding.encoder import embed_dataset
+    from router.encoding.select import default_encoder
 
-    enc = Encoder()
+    enc = default_encoder()
     return tuple(np.asarray(embed_dataset(d, enc, progress=False), dtype=np.float32)
                  for d in (train, test))  # type: ignore[return-value]
 

@@ -10,6 +10,7 @@ quality that of the returned answer (0 when no call answered).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,15 +78,11 @@ def _describe(kinds: Sequence[str], plans: Sequence[CascadePlan]) -> dict[str, s
     out: dict[str, str] = {}
     for kind in sorted(set(kinds)):
         seen = [p for k, p in zip(kinds, plans, strict=True) if k == kind]
-        distinct = set(seen)
-        if len(distinct) == 1:
+        if len(set(seen)) == 1:
             out[kind] = seen[0].describe()
             continue
-        counts: dict[str, int] = {}
-        for p in seen:
-            counts[p.describe()] = counts.get(p.describe(), 0) + 1
-        top = sorted(counts.items(), key=lambda kv: -kv[1])
-        out[kind] = "routed: " + ", ".join(f"{d} {n / len(seen):.0%}" for d, n in top[:4])
+        top = Counter(p.describe() for p in seen).most_common(4)
+        out[kind] = "routed: " + ", ".join(f"{d} {n / len(seen):.0%}" for d, n in top)
     return out
 
 

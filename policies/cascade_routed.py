@@ -43,10 +43,9 @@ class RoutedCascadePolicy(CascadePolicy):
     # ---- fitting ------------------------------------------------------------------------
     def _fit(self, data: TrainData) -> None:
         from policies import get_policy_class, make_policy
-        from policies.cascade import CascadePolicy as _Cascade
 
         klass = get_policy_class(str(self.router))
-        if issubclass(klass, _Cascade) or "responses" in klass.requires or klass.online \
+        if issubclass(klass, CascadePolicy) or "responses" in klass.requires or klass.online \
                 or klass.evaluation_only or not getattr(klass, "uses_embeddings", True):
             raise PolicyError(f"cascade-routed: router must be an offline prompt-only policy "
                               f"that reads embeddings (knn, cscr, mlp, routerdc), got "
@@ -85,22 +84,16 @@ class RoutedCascadePolicy(CascadePolicy):
         embeddings): the router's model for routed kinds, the kind's cascade otherwise."""
         lam, budget = check_lam(lam), check_budget(budget)
         rows = [i for i, k in enumerate(kinds) if self.routes(k)]
-        out: list[CascadePlan | None] = [None] * len(kinds)
+        if rows and X is None:
+            raise PolicyError("cascade-routed: routed kinds need the prompts' embeddings")
+        out = super().plans_for(kinds, None, lam=lam, budget=budget)
         if rows:
-            if X is None:
-                raise PolicyError("cascade-routed: routed kinds need the prompts' embeddings")
             picks = self.router_.route(np.asarray(X)[rows], lam=lam, budget=budget)
             for i, j in zip(rows, picks, strict=True):
                 kind = kinds[i] if kinds[i] in A.KINDS else "text"
                 model = self.router_.models_[int(j)]
                 out[i] = CascadePlan(kind, (CascadeStage((model,), 1),), (model,))
-        memo: dict[str, CascadePlan] = {}
-        for i, k in enumerate(kinds):
-            if out[i] is None:
-                if k not in memo:
-                    memo[k] = self.plan_for_kind(k, lam=lam, budget=budget)
-                out[i] = memo[k]
-        return out  # type: ignore[return-value]
+        return out
 
     def _check_fitted(self) -> None:
         super()._check_fitted()

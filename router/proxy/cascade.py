@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import Response, StreamingResponse
 
+from policies.cascade import CascadePolicy
 from router.auto_rewards import SOURCE, auto_labels, weighted_update
 from router.proxy.backends import BackendError, Completion, jdumps
 from router.proxy.execution import no_answer_error
@@ -45,8 +46,6 @@ log = logging.getLogger("costroute.gateway")
 
 def is_cascade(served: ServedPolicy) -> bool:
     """Whether a served policy plans cascades (``policy.plan(text, ...)``)."""
-    from policies.cascade import CascadePolicy
-
     return isinstance(served.policy, CascadePolicy)
 
 
