@@ -250,17 +250,17 @@ class Gateway:
         await self.http.aclose()
         self.executor.shutdown(wait=False)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro, into: set[asyncio.Task] | None = None) -> asyncio.Task:
+        """A background task, kept in ``into`` (default: the tasks :meth:`stop` cancels)."""
+        tasks = self._tasks if into is None else into
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
 
     def _spawn_drained(self, coro) -> asyncio.Task:
         """Like :meth:`_spawn`, but :meth:`stop` waits for it (spend settles, releases)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
-        return task
+        return self._spawn(coro, self._draining)
 
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
@@ -286,11 +286,12 @@ class Gateway:
         t0 = time.perf_counter()
         rid = new_request_id()
         rec: dict[str, Any] = {"event": "outcome", "request_id": rid, "ts": time.time()}
-        settles = self.spend.track_settles()
+        # state.sync_outcomes: collect this request's settles to wait for them
+        settles = self.spend.track_settles() if self.outcomes.ack else None
         try:
             response = await self._chat(request, rid, rec, t0)
             if self.outcomes.ack:  # state.sync_outcomes: answer once the record is stored
-                await self.spend.settled(settles)  # and the call's cost charged
+                await self.spend.settled(settles or [])  # and the call's cost charged
                 await self.outcomes.stored(rid)
             return response
         except APIError as err:
