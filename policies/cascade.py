@@ -101,6 +101,16 @@ class CascadePlan:
         """The models to call first (concurrently)."""
         return self.stages[0].models
 
+    @property
+    def compares(self) -> bool:
+        """Whether any decision compares two answers: a stage of several models, or a
+        non-final stage needing two or more agreeing answers. A plan that never does
+        (one model, or one model with fallbacks for a missing answer) picks one model
+        for every prompt of its kind."""
+        last = len(self.stages) - 1
+        return any(len(s.models) > 1 or (k < last and s.min_agree > 1)
+                   for k, s in enumerate(self.stages))
+
     def rank(self) -> dict[str, int]:
         """Preference rank per model (0 = most preferred): ``prefer`` first, then the
         remaining models, later calls first."""

@@ -150,3 +150,89 @@ def test_gateway_routes_code_per_prompt_and_cascades_mc(fitted, upstream, tmp_pa
         upstream.upstream.reset()
         for m in MODELS:
             upstream.script(m, None)
+
+
+# ---- route="single": multiple choice at a lam whose plan is one model goes to the router --
+PHYS = ("Physics question {}: what does gravity pull objects toward?\nA) up\nB) down\nC) left\n"
+        "D) right\nAnswer with the letter.")
+BIO = ("Biology question {}: what do plant leaves use photosynthesis for?\nA) food\nB) rest\n"
+       "C) song\nD) flight\nAnswer with the letter.")
+
+
+def topic_mc_data(n: int = 240, seed: int = 0):
+    """Multiple choice of two topics: small-a is right on physics 95% of the time and on
+    biology 45%, small-b the reverse, large 98% on both. Agreement pays at middle lams;
+    at high lam the cascade can only call one fixed small model, the router the right one."""
+    rng = np.random.default_rng(seed)
+    texts, quality, responses = [], [], []
+    for i in range(n):
+        phys = i % 2 == 0
+        texts.append((PHYS if phys else BIO).format(i))
+        truth = rng.integers(0, 4)
+        row, q = [], []
+        for acc in ((0.95, 0.45, 0.98) if phys else (0.45, 0.95, 0.98)):
+            ok = rng.random() < acc
+            letter = truth if ok else (truth + rng.integers(1, 4)) % 4
+            row.append(f"The answer is ({'ABCD'[letter]}).")
+            q.append(float(ok))
+        quality.append(q)
+        responses.append(row)
+    return texts, np.array(quality), np.tile([1e-4, 1e-4, 3e-3], (n, 1)), responses
+
+
+@pytest.fixture(scope="module")
+def topic_fits():
+    texts, quality, cost, responses = topic_mc_data()
+    enc = load_encoder(hashing_encoder_config(64), use_cache=False)
+    X = enc.encode(texts)
+    fits = {route: make_policy("cascade-routed", router="knn", route=route).fit(
+        X, quality, cost, MODELS, texts=texts, responses=responses)
+        for route in ("single", "kinds")}
+    return fits, enc
+
+
+def test_single_plan_lams_are_routed_and_agreement_plans_kept(topic_fits):
+    fits, enc = topic_fits
+    single, kinds = fits["single"], fits["kinds"]
+    assert single.routed_ == kinds.routed_ == []  # mc is a cascade kind in both
+    texts, quality, cost, responses = topic_mc_data(160, seed=1)
+    test = RoutingDataset(name="t", prompts=texts, tasks=["t"] * len(texts), models=MODELS,
+                          quality=quality, cost=cost, responses=responses)
+    X = enc.encode(texts)
+    high = 1e4  # the cascade's plan here is one small model for every prompt
+    assert not kinds.plan(texts[0], X[0], lam=high).compares
+    agreeing = [lam for lam in (30.0, 100.0, 300.0) if kinds.plan(texts[0], lam=lam).compares]
+    assert agreeing, "agreement should pay at some middle lam"
+    lams = [*agreeing, high]
+    a, b = replay(single, test, lams, X=X), replay(kinds, test, lams, X=X)
+    # middle lams: the same cascades; high lam: the router picks the topic's small model
+    np.testing.assert_allclose(a.quality[:-1], b.quality[:-1])
+    assert "routed" in a.plans[-1]["mc"] and "routed" not in b.plans[-1]["mc"]
+    assert a.quality[-1].mean() >= 0.85 and b.quality[-1].mean() <= 0.8
+    assert a.cost[-1].mean() <= 1.01e-4
+    for text, x in zip(texts[:6], X[:6], strict=True):
+        routed = single.plan(text, x, lam=high)
+        want = single.router_.models_[int(single.router_.route(x[None], lam=high)[0])]
+        assert routed.models == (want,)
+        # without the embedding the single-model plan is served as the cascade's
+        assert single.plan(text, None, lam=high) == kinds.plan(text, None, lam=high)
+
+
+def test_route_mode_is_saved_and_old_artifacts_route_kinds(topic_fits, tmp_path):
+    import json
+
+    fits, enc = topic_fits
+    path = fits["single"].save(tmp_path / "single", meta={"encoder": enc.config()})
+    assert load_policy(path).route == "single"
+    config = json.loads((path / "config.json").read_text())
+    del config["state"]["route"], config["params"]["route"]  # as written before route
+    (path / "config.json").write_text(json.dumps(config))
+    old = load_policy(path)
+    assert old.route == "kinds"
+    x = enc.encode([PHYS.format(9)])[0]
+    assert old.plan(PHYS.format(9), x, lam=1e4) == fits["kinds"].plan(PHYS.format(9), x,
+                                                                      lam=1e4)
+    with pytest.raises(PolicyError, match="route must be"):
+        make_policy("cascade-routed", route="all").fit(
+            enc.encode(["q"] * 10), np.ones((10, 3)), np.ones((10, 3)), MODELS,
+            texts=["q"] * 10, responses=[["a"] * 3] * 10)

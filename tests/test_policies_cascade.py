@@ -95,6 +95,15 @@ def test_last_stage_is_accepted_unconditionally_and_failures_fall_back() -> None
     assert nothing.done and nothing.model is None and nothing.agreed == ()
 
 
+def test_compares_says_whether_a_plan_ever_checks_agreement() -> None:
+    one = CascadeStage(("a",), 1)
+    assert PAIR.compares
+    assert not CascadePlan("mc", (one,)).compares
+    assert not CascadePlan("mc", (one, CascadeStage(("b",), 1))).compares  # a fallback only
+    assert CascadePlan("mc", (one, CascadeStage(("b",), 2), CascadeStage(("c",), 1))).compares
+    assert CascadePlan("mc", (CascadeStage(("a", "b", "c"), 1),)).compares  # a final vote
+
+
 def test_plan_errors_and_json_round_trip() -> None:
     with pytest.raises(PolicyError, match="does not call"):
         PAIR.step({"stranger": "A"})
