@@ -20,7 +20,11 @@ equal keys); when the most agreed-with answer reaches ``min_agree`` the cascade 
 returns it (ties: the preferred model, ``prefer`` order, by default later calls first).
 The last stage is accepted unconditionally: the same count among *its* models' responses
 (a response without an answer key agrees only with itself); when every model of the last
-stage failed, the same rule runs over all responses gathered.
+stage failed, the same rule runs over all responses gathered. A non-final stage is never
+called when no stage from it to the last non-final one can reach its ``min_agree`` any
+more (the answers so far disagree too much): the cascade goes straight to the last stage,
+so ``a+b>=3 -> c>=3 -> d`` decides as ``a+b+c>=3 -> d`` but calls ``c`` only when ``a``
+and ``b`` agree.
 """
 
 from __future__ import annotations
@@ -129,17 +133,38 @@ class CascadePlan:
         if unknown:
             raise PolicyError(f"answers from models the plan does not call: {unknown}")
         keys = self.keys(answers)
-        for k, stage in enumerate(self.stages):
+        last = len(self.stages) - 1
+        k = 0
+        while True:
+            if k < last and not self._may_accept(k, keys, rank):
+                k = last  # no later stage can reach its min_agree: skip to the last
+            stage = self.stages[k]
             missing = tuple(m for m in stage.models if m not in answers)
             if missing:
                 return CascadeStep(False, None, missing, ())
-            if k == len(self.stages) - 1:
+            if k == last:
                 return self._final(answers, keys, stage.models, rank)
             gathered = {m: keys[m] for s in self.stages[: k + 1] for m in s.models}
             model, size = self._best(gathered, rank)
             if model is not None and size >= stage.min_agree:
                 return CascadeStep(True, model, (), self._agreeing(model, keys))
-        raise AssertionError("unreachable: the last stage always decides")
+            k += 1
+
+    def _may_accept(self, k: int, keys: Mapping[str, str | None],
+                    rank: Mapping[str, int]) -> bool:
+        """Whether some non-final stage from ``k`` on can still accept, given the answers
+        of stages before ``k``: the most agreements any answer can then have is the best
+        count so far (exact agreement; with a threshold below 1, agreement is not
+        transitive, so every keyed answer so far) plus the models called up to there."""
+        before = {m: keys[m] for s in self.stages[:k] for m in s.models}
+        base = (self._best(before, rank)[1] if self.threshold >= 1.0
+                else sum(v is not None for v in before.values()))
+        calls = 0
+        for stage in self.stages[k:-1]:
+            calls += len(stage.models)
+            if base + calls >= stage.min_agree:
+                return True
+        return False
 
     def _same(self, a: str | None, b: str | None) -> bool:
         if a is not None and b is not None and (a[:1] == "\0" or b[:1] == "\0"):

@@ -86,27 +86,59 @@ def vote(t: Table, cols: Sequence[int], rank: np.ndarray, final: bool,
     return top, rep
 
 
+def _prefix_run(t: Table, stages: Sequence[tuple[Sequence[int], int]], rank: np.ndarray,
+                threshold: float = 1.0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The non-final ``stages`` over every row, as :meth:`CascadePlan.step` runs them:
+    (accepted, returned column or -1, cost, called (n, m)). A row stops calling them once
+    none of the remaining stages can reach its ``min_agree`` (it goes to the last stage)."""
+    n, m = t.codes.shape
+    done = np.zeros(n, dtype=bool)
+    jumped = np.zeros(n, dtype=bool)
+    rep = np.full(n, -1, dtype=np.int64)
+    cost = np.zeros(n)
+    called = np.zeros((n, m), dtype=bool)
+    base = np.zeros(n, dtype=np.int64)  # the most agreements any answer can build on
+    gathered: list[int] = []
+    for k, (cols, need) in enumerate(stages):
+        cols = list(cols)
+        reach = np.zeros(n, dtype=bool)
+        calls = 0
+        for later, later_need in stages[k:]:
+            calls += len(later)
+            reach |= base + calls >= later_need
+        jumped |= ~done & ~reach
+        live = ~done & ~jumped
+        cost += np.where(live, t.cost[:, cols].sum(axis=1), 0.0)
+        called[:, cols] |= live[:, None]
+        gathered += cols
+        size, r = vote(t, gathered, rank, False, threshold)
+        accept = live & (size >= need)
+        rep = np.where(accept, r, rep)
+        done |= accept
+        base = size if threshold >= 1.0 else (t.codes[:, gathered] >= 0).sum(axis=1)
+    return done, rep, cost, called
+
+
+def _fallback(t: Table, cols: Sequence[int], called: np.ndarray, rank: np.ndarray,
+              threshold: float) -> np.ndarray:
+    """Per row, the final-stage vote over the responses of ``cols`` the row called."""
+    seen = Table(t.codes, t.alive & called, t.quality, t.cost, t.same)
+    return vote(seen, cols, rank, True, threshold)[1]
+
+
 def simulate(t: Table, stages: Sequence[tuple[Sequence[int], int]], rank: np.ndarray,
              threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (quality, cost, returned column or -1) of a plan given as column stages."""
     n = t.codes.shape[0]
-    done = np.zeros(n, dtype=bool)
-    rep = np.full(n, -1, dtype=np.int64)
-    cost = np.zeros(n)
-    gathered: list[int] = []
-    for k, (cols, need) in enumerate(stages):
-        cols = list(cols)
-        cost += np.where(done, 0.0, t.cost[:, cols].sum(axis=1))
-        gathered += cols
-        if k == len(stages) - 1:
-            size_l, rep_l = vote(t, cols, rank, True, threshold)
-            _, rep_a = vote(t, gathered, rank, True, threshold)
-            rep = np.where(done, rep, np.where(size_l > 0, rep_l, rep_a))
-        else:
-            size, r = vote(t, gathered, rank, False, threshold)
-            accept = ~done & (size >= need)
-            rep = np.where(accept, r, rep)
-            done |= accept
+    *head, (last, _) = [(list(cols), need) for cols, need in stages]
+    done, rep, cost, called = _prefix_run(t, head, rank, threshold)
+    cost += np.where(done, 0.0, t.cost[:, last].sum(axis=1))
+    called[:, last] |= ~done[:, None]
+    size_l, rep_l = vote(t, last, rank, True, threshold)
+    gathered = [c for cols, _ in head for c in cols] + last
+    rep_a = _fallback(t, gathered, called, rank, threshold)
+    rep = np.where(done, rep, np.where(size_l > 0, rep_l, rep_a))
     rows = np.arange(n)
     quality = np.where(rep >= 0, t.quality[rows, np.maximum(rep, 0)], 0.0)
     return quality, cost, rep
@@ -133,7 +165,8 @@ class Candidates:
 
 def _prefixes(m: int, max_first: int) -> list[tuple[tuple[tuple[int, ...], int], ...]]:
     """Every non-final stage list: one model needing an answer key, 2-3 models needing
-    2 (or 3) equal answers, and a pair then one more needing 2 of the 3."""
+    2 (or 3) equal answers, a pair then one more needing 2 of the 3, and a pair then one
+    more needing 3 of 3 (called only when the pair agrees)."""
     out: list[tuple[tuple[tuple[int, ...], int], ...]] = [()]
     out += [(((j,), 1),) for j in range(m)]
     if max_first >= 2:
@@ -143,6 +176,8 @@ def _prefixes(m: int, max_first: int) -> list[tuple[tuple[tuple[int, ...], int],
     if max_first >= 3:
         for tri in combinations(range(m), 3):
             out += [((tri, 2),), ((tri, 3),)]
+        # three equal answers, the third model called only when the pair agrees
+        out += [((p, 3), ((x,), 3)) for p in pairs for x in range(m) if x not in p]
     return out
 
 
@@ -162,24 +197,15 @@ def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
     q_live = np.where(t.alive, t.quality, 0.0)
     stages, levels, qs, cs = [], [], [], []
     for prefix in _prefixes(m, max_first):
-        done = np.zeros(n, dtype=bool)
-        rep = np.full(n, -1, dtype=np.int64)
-        cost = np.zeros(n)
-        gathered: list[int] = []
-        for cols, need in prefix:
-            cost += np.where(done, 0.0, t.cost[:, list(cols)].sum(axis=1))
-            gathered += list(cols)
-            size, r = vote(t, gathered, rank, False, threshold)
-            accept = ~done & (size >= need)
-            rep = np.where(accept, r, rep)
-            done |= accept
+        done, rep, cost, called = _prefix_run(t, prefix, rank, threshold)
+        gathered = [c for cols, _ in prefix for c in cols]
         q_done = np.where(rep >= 0, t.quality[rows, np.maximum(rep, 0)], 0.0)
         finals = [e for e in range(m) if e not in gathered]
         # fold sums: accepted rows keep the prefix's answer, the others the final model's
         # (or, where the final model failed, the vote over the answers gathered)
         q_fin = q_live
         if gathered and not t.alive[:, finals].all():
-            _, rep_a = vote(t, gathered, rank, True, threshold)
+            rep_a = _fallback(t, gathered, called, rank, threshold)
             q_fall = np.where(rep_a >= 0, t.quality[rows, np.maximum(rep_a, 0)], 0.0)
             q_fin = q_live + np.where(t.alive, 0.0, q_fall[:, None])
         open_rows = onehot * ~done[:, None]  # (n, K)

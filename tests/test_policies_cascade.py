@@ -13,7 +13,7 @@ import pytest
 from eval.cascades import CascadeEvalError, no_responses_note, replay
 from policies import Policy, PolicyError, make_policy
 from policies.cascade import CascadePlan, CascadePolicy, CascadeStage
-from policies.cascade_search import Table, simulate
+from policies.cascade_search import Table, score_candidates, simulate
 from router.dataset import RoutingDataset
 from tests.conftest import ROUTERBENCH, needs_shared
 
@@ -93,6 +93,50 @@ def test_last_stage_is_accepted_unconditionally_and_failures_fall_back() -> None
     assert fallback.done and fallback.model in {"cheap-a", "cheap-b"}
     nothing = PAIR.step({"cheap-a": None, "cheap-b": None, "big": None})
     assert nothing.done and nothing.model is None and nothing.agreed == ()
+
+
+LAZY = CascadePlan("mc", (CascadeStage(("a", "b"), 3), CascadeStage(("c",), 3),
+                          CascadeStage(("d",), 1)))
+TRIPLE = CascadePlan("mc", (CascadeStage(("a", "b", "c"), 3), CascadeStage(("d",), 1)))
+
+
+def test_a_stage_that_cannot_reach_its_min_agree_is_skipped() -> None:
+    assert LAZY.step({}).next_models == ("a", "b")  # the pair can still lead to 3 of 3
+    assert LAZY.step({"a": "B", "b": "B"}).next_models == ("c",)
+    for pair in ({"a": "B", "b": "C"}, {"a": "B", "b": None}, {"a": None, "b": None}):
+        assert LAZY.step(pair).next_models == ("d",), pair  # c could not make 3: not called
+    # the same decisions as calling the three at once, on every answer pattern
+    for a, b, c, d in np.ndindex(3, 3, 3, 2):
+        answers = dict(zip("abcd", ("AB"[x] if x < 2 else None for x in (a, b, c, d)),
+                           strict=True))
+        lazy, triple = {}, {}
+        for plan, got in ((LAZY, lazy), (TRIPLE, triple)):
+            step = plan.step(got)
+            while not step.done:
+                got.update({m: answers[m] for m in step.next_models})
+                step = plan.step(got)
+            got["model"] = step.model
+        assert lazy["model"] == triple["model"], answers
+        assert ("c" in lazy) == (a == b and a < 2)
+
+
+def test_candidate_sums_match_simulate() -> None:
+    """score_candidates' per-fold sums are simulate's, plan by plan (lazy stages too)."""
+    rng = np.random.default_rng(3)
+    n, m = 120, 5
+    choices = np.array(list("ABC") + [None], dtype=object)
+    responses = [[choices[k] for k in rng.choice(4, size=m, p=[.4, .3, .2, .1])]
+                 for _ in range(n)]
+    quality, cost = rng.random((n, m)), rng.random((n, m))
+    table = Table.build(["mc"] * n, responses, quality, cost)
+    rank = rng.permutation(m)
+    folds = [np.arange(0, n, 2), np.arange(1, n, 2)]
+    cand = score_candidates(table, rank, folds, 3)
+    assert any(len(st) == 3 and st[0][1] == 3 for st in cand.stages)  # lazy triples searched
+    for p in rng.choice(len(cand.stages), size=200, replace=False):
+        q, c, _ = simulate(table, cand.stages[p], rank)
+        np.testing.assert_allclose(cand.q_fold[p], [q[f].sum() for f in folds])
+        np.testing.assert_allclose(cand.c_fold[p], [c[f].sum() for f in folds])
 
 
 def test_compares_says_whether_a_plan_ever_checks_agreement() -> None:
