@@ -1,5 +1,6 @@
 """``router-cascade`` over real HTTP with the openai SDK: agreement, escalation, failing and
-timed-out first-stage backends, nothing answering, streaming, spend and automatic rewards.
+timed-out first-stage backends, a stage skipped once out of reach, nothing answering,
+streaming, spend and automatic rewards.
 
 The backends are scripted models on the local upstream (tests/upstream.py); the cascade and
 the LinUCB bandit are real policies fitted on a synthetic multiple-choice train set where
@@ -17,6 +18,7 @@ import openai
 import pytest
 
 from policies import make_policy
+from policies.cascade import CascadePlan, CascadeStage, PlanChoice
 from router.proxy.config import parse_config
 from router.proxy.routing import hashing_encoder_config, load_encoder
 from tests.conftest import needs_shared
@@ -51,18 +53,26 @@ def fit_artifacts(root) -> tuple[str, str]:
     meta = {"encoder": enc.config()}
     cascade = make_policy("cascade").fit(X, quality, cost, MODELS, texts=texts,
                                          responses=responses)
+    plans = cascade.plans_
     bandit = make_policy("linucb", alpha=0.0, prior_weight=1.0).fit(X, quality, cost, MODELS)
+    # a hand-made lazy plan: small-b is called only when small-a gives an answer (2 needed)
+    lazy = CascadePlan("mc", (CascadeStage(("small-a",), 2), CascadeStage(("small-b",), 2),
+                              CascadeStage(("large",), 1)))
+    cascade.plans_ = {k: [PlanChoice(lazy, 0.0, 0.9, 1e-3)] if k == "mc" else v
+                      for k, v in cascade.plans_.items()}
+    path = str(cascade.save(root / "lazy", meta=meta))
+    cascade.plans_ = plans
     return (str(cascade.save(root / "cascade", meta=meta)),
-            str(bandit.save(root / "linucb", meta=meta)))
+            str(bandit.save(root / "linucb", meta=meta)), path)
 
 
 @pytest.fixture(scope="module")
 def gateway(upstream, tmp_path_factory):
     root = tmp_path_factory.mktemp("cascade")
-    cascade, bandit = fit_artifacts(root)
+    cascade, bandit, lazy = fit_artifacts(root)
     cfg = parse_config({
         "model_list": [backend_entry(m, upstream.base, *PRICES[m]) for m in MODELS],
-        "routing": {"artifact": bandit, "artifacts": {"cascade": cascade},
+        "routing": {"artifact": bandit, "artifacts": {"cascade": cascade, "lazy": lazy},
                     "timeouts": {"small-b": 1.0}, "auto_reward_weight": 0.5},
         "state": {"dir": str(root / "state"), "sync_outcomes": True},
         "keys": {"keys": [{"name": "k", "key": KEY, "budget_usd": 10.0},
@@ -178,6 +188,18 @@ def test_nothing_answering_is_a_502_not_a_500(gateway, upstream):
     assert info.value.body["code"] == "upstream_error"
     for m in MODELS:
         gateway.gateway.pool.ok(m)
+
+
+def test_a_stage_that_cannot_reach_its_min_agree_is_never_called(gateway, upstream):
+    answers(upstream, small_a="B", small_b="B", large="D")
+    raw, resp = ask(gateway, 40, model="router-lazy-100")
+    assert raw.headers["x-router-cascade"] == "small-a,small-b"
+    assert resp.choices[0].message.content == "The answer is (B)."
+    upstream.script("small-a", lambda _t: "Hmm, hard to say.")  # no answer: 2 out of reach
+    raw, resp = ask(gateway, 41, model="router-lazy-100")
+    assert raw.headers["x-router-cascade"] == "small-a,large"
+    assert resp.choices[0].message.content == "The answer is (D)."
+    assert upstream.calls("small-b") == 1
 
 
 def test_no_call_fitting_the_budget_is_a_402(gateway, upstream):
