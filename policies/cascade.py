@@ -262,17 +262,22 @@ class CascadePolicy(Policy):
 
     ``folds`` cross-validation folds of train choose, per lam, how large a plan family
     to search (single models; + two stages; + three stages), guarding against plans tuned
-    to the train prompts; ``max_first`` caps the models of the first stage.
+    to the train prompts; ``max_first`` caps the models of the first stage. ``lazy``
+    (default True) also searches plans that call a third model only once a pair agrees:
+    cheaper for the same decisions, one more round of calls when the pair agrees (set it
+    False where that latency matters more than the cost).
     """
 
     name = "cascade"
     requires = frozenset({"responses"})
     uses_embeddings = False
 
-    def __init__(self, folds: int = 5, max_first: int = 3, seed: int = 0) -> None:
+    def __init__(self, folds: int = 5, max_first: int = 3, seed: int = 0,
+                 lazy: bool = True) -> None:
         self.folds = folds
         self.max_first = max_first
         self.seed = seed
+        self.lazy = lazy
 
     # ---- fitting ------------------------------------------------------------------------
     def _fit(self, data: TrainData) -> None:
@@ -289,7 +294,8 @@ class CascadePolicy(Policy):
         cost = fill_cost(data.cost)
         found, info = search_plans(
             kinds, data.responses, quality, cost, data.models,
-            folds=int(self.folds), max_first=int(self.max_first), seed=int(self.seed))
+            folds=int(self.folds), max_first=int(self.max_first), seed=int(self.seed),
+            lazy=bool(self.lazy))
         self.plans_ = found
         self.search_ = info
         # per-kind single-model means for predict(); task labels map to their usual kind

@@ -46,8 +46,8 @@ class RoutedCascadePolicy(CascadePolicy):
     uses_embeddings = True
 
     def __init__(self, router: str = "cscr", route: str = "single", folds: int = 5,
-                 max_first: int = 3, seed: int = 0) -> None:
-        super().__init__(folds=folds, max_first=max_first, seed=seed)
+                 max_first: int = 3, seed: int = 0, lazy: bool = True) -> None:
+        super().__init__(folds=folds, max_first=max_first, seed=seed, lazy=lazy)
         self.router = router
         self.route = route
 

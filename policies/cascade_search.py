@@ -163,10 +163,11 @@ class Candidates:
                           np.concatenate([p.threshold for p in parts]))
 
 
-def _prefixes(m: int, max_first: int) -> list[tuple[tuple[tuple[int, ...], int], ...]]:
+def _prefixes(m: int, max_first: int,
+              lazy: bool = True) -> list[tuple[tuple[tuple[int, ...], int], ...]]:
     """Every non-final stage list: one model needing an answer key, 2-3 models needing
-    2 (or 3) equal answers, a pair then one more needing 2 of the 3, and a pair then one
-    more needing 3 of 3 (called only when the pair agrees)."""
+    2 (or 3) equal answers, a pair then one more needing 2 of the 3, and (``lazy``) a pair
+    then one more needing 3 of 3 (called only when the pair agrees)."""
     out: list[tuple[tuple[tuple[int, ...], int], ...]] = [()]
     out += [(((j,), 1),) for j in range(m)]
     if max_first >= 2:
@@ -176,6 +177,7 @@ def _prefixes(m: int, max_first: int) -> list[tuple[tuple[tuple[int, ...], int],
     if max_first >= 3:
         for tri in combinations(range(m), 3):
             out += [((tri, 2),), ((tri, 3),)]
+    if max_first >= 3 and lazy:
         # three equal answers, the third model called only when the pair agrees
         out += [((p, 3), ((x,), 3)) for p in pairs for x in range(m) if x not in p]
     return out
@@ -186,7 +188,7 @@ def _level(prefix: tuple) -> int:
 
 
 def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
-                     max_first: int, threshold: float = 1.0) -> Candidates:
+                     max_first: int, threshold: float = 1.0, lazy: bool = True) -> Candidates:
     """Every candidate plan: a prefix of non-final stages, then one final model (or, for
     the 2-3 model voting plans, the vote itself as the final stage)."""
     n, m = t.codes.shape
@@ -196,7 +198,7 @@ def score_candidates(t: Table, rank: np.ndarray, folds: list[np.ndarray],
     rows = np.arange(n)
     q_live = np.where(t.alive, t.quality, 0.0)
     stages, levels, qs, cs = [], [], [], []
-    for prefix in _prefixes(m, max_first):
+    for prefix in _prefixes(m, max_first, lazy):
         done, rep, cost, called = _prefix_run(t, prefix, rank, threshold)
         gathered = [c for cols, _ in prefix for c in cols]
         q_done = np.where(rep >= 0, t.quality[rows, np.maximum(rep, 0)], 0.0)
@@ -269,7 +271,7 @@ def select(cand: Candidates, sizes: np.ndarray, lams: np.ndarray,
 
 def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]],
                  quality: np.ndarray, cost: np.ndarray, models: Sequence[str], *,
-                 folds: int = 5, max_first: int = 3, seed: int = 0
+                 folds: int = 5, max_first: int = 3, seed: int = 0, lazy: bool = True
                  ) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     """Learned plans per inferred kind, plus ``"*"`` (every family) and ``"*1"`` (single
     models) over all rows for kinds the train split lacks, and the search figures."""
@@ -291,7 +293,7 @@ def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]]
         rank[prefer] = np.arange(len(models))
         parts = kfold(len(idx), folds, seed)
         graded = kind in A.GRADED_KINDS  # the all-kinds fallback keeps exact agreement
-        cand = Candidates.merge([score_candidates(t, rank, parts, max_first, tau)
+        cand = Candidates.merge([score_candidates(t, rank, parts, max_first, tau, lazy)
                                  for tau in (THRESHOLDS if graded else (1.0,))])
         sizes = np.array([len(p) for p in parts])
         chosen, sel = select(cand, sizes, lams)

@@ -250,6 +250,20 @@ def test_cascade_beats_every_single_model_on_fresh_data(fitted: CascadePolicy) -
     assert (out.calls >= 1).all() and (out.calls <= 3).all()
 
 
+def test_lazy_false_searches_no_lazy_plans(fitted: CascadePolicy) -> None:
+    train = make_data(600, seed=1, numbers=120)
+    eager = make_policy("cascade", lazy=False).fit_dataset(
+        train, np.zeros((len(train), 1), np.float32))
+    m = len(train.models)
+    for kind in ("mc", "number"):
+        lazy_n = fitted.search_["kinds"][kind]["candidates"]
+        eager_n = eager.search_["kinds"][kind]["candidates"]
+        assert lazy_n - eager_n == m * (m - 1) // 2 * (m - 2) * (m - 3)  # pair, third, final
+    for choices in eager.plans_.values():
+        for c in choices:
+            assert all(s.min_agree <= len(s.models) for s in c.plan.stages[:1]), c.plan
+
+
 def test_budget_picks_the_best_plan_that_fits(fitted: CascadePolicy) -> None:
     options = fitted.choices("mc")
     budget = sorted(c.cost for c in options)[len(options) // 2]
