@@ -561,6 +561,11 @@ local function reap(res, exp, now, prefix)
   local ids = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
   for _, rid in ipairs(ids) do unhold(res, exp, rid, prefix) end
 end
+-- a call's op id: recorded (with an expiry) so that a re-sent call is applied once
+local function first_time(op, ttl)
+  if redis.call('SET', op, '1', 'NX', 'EX', ttl) then return true end
+  return false
+end
 -- KEYS: res, exp, account keys...; ARGV: now, prefix, extra, then 5 spec fields per account
 local now = tonumber(ARGV[1])
 local prefix = ARGV[2]
@@ -575,6 +580,7 @@ end
 _BEGIN_LUA = _LUA_COMMON + """
 reap(KEYS[1], KEYS[2], now, prefix)
 local count = tonumber(ARGV[3])
+if count == 1 and not first_time(ARGV[#ARGV - 1], ARGV[#ARGV]) then count = 0 end
 local out = {}
 for i = 1, nacc do
   local amount, horizon, clock, nbins, renew = spec(i)
@@ -591,6 +597,7 @@ _RESERVE_LUA = _LUA_COMMON + """
 reap(KEYS[1], KEYS[2], now, prefix)
 local amount_req = tonumber(ARGV[3])
 local rid, ttl, names = ARGV[#ARGV - 2], tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
+if redis.call('HEXISTS', KEYS[1], rid) == 1 then return 1 end  -- a re-sent reserve
 local accts = {}
 for i = 1, nacc do
   local amount, horizon, clock, nbins, renew = spec(i)
@@ -611,7 +618,8 @@ return 1
 
 _SETTLE_LUA = _LUA_COMMON + """
 local actual = tonumber(ARGV[3])
-local rid = ARGV[#ARGV]
+local rid = ARGV[#ARGV - 2]
+if not first_time(ARGV[#ARGV - 1], ARGV[#ARGV]) then return 1 end  -- a re-sent settle
 unhold(KEYS[1], KEYS[2], rid, prefix)
 for i = 1, nacc do
   local amount, horizon, clock, nbins, renew = spec(i)
@@ -634,7 +642,16 @@ class RedisLedger(SpendLedger):
     and ``<prefix>:resexp`` (expiry times). Freeing an expired reservation touches account
     keys that the script derives from the record, so this needs a standalone Redis (or
     one hash slot), not a sharded cluster.
+
+    Each call is applied at most once: ``begin`` and ``settle`` record an op id
+    (``<prefix>:op:<id>``, kept :attr:`OP_TTL` seconds), ``reserve`` is keyed by its
+    reservation id; a call that fails on a connection error or timeout (its reply may be
+    lost after Redis applied it) is re-sent once with the same ids, which returns the first
+    result instead of counting, holding or charging twice.
     """
+
+    #: how long a call's op id is remembered (its re-send follows within socket timeouts)
+    OP_TTL = 120
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", key_prefix: str = "costroute:budget",
                  client=None) -> None:
@@ -657,10 +674,19 @@ class RedisLedger(SpendLedger):
         args = [repr(float(now)), self._acct_prefix, extra]
         for _, spec in accounts:
             args += spec.lua_args()
-        try:
-            return script(keys=keys, args=[*args, *tail])
-        except redis.exceptions.RedisError as exc:
-            raise BudgetError(f"budget ledger in redis at {self.url}: {exc}") from exc
+        for attempt in (0, 1):  # once more on a lost reply: the same ids make it harmless
+            try:
+                return script(keys=keys, args=[*args, *tail])
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if attempt:
+                    raise BudgetError(f"budget ledger in redis at {self.url}: {exc}") from exc
+            except redis.exceptions.RedisError as exc:
+                raise BudgetError(f"budget ledger in redis at {self.url}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _op(self) -> list[str]:
+        """A fresh op id's record key and expiry (the last two script arguments)."""
+        return [f"{self.key_prefix}:op:{uuid.uuid4().hex}", str(self.OP_TTL)]
 
     def _views(self, rows, accounts: Accounts) -> list[AccountView]:
         out = []
@@ -671,7 +697,7 @@ class RedisLedger(SpendLedger):
         return out
 
     def begin(self, accounts: Accounts, now: float) -> list[AccountView]:
-        return self._views(self._run(self._begin, accounts, now, "1"), accounts)
+        return self._views(self._run(self._begin, accounts, now, "1", self._op()), accounts)
 
     def view(self, accounts: Accounts, now: float) -> list[AccountView]:
         return self._views(self._run(self._begin, accounts, now, "0"), accounts)
@@ -684,7 +710,7 @@ class RedisLedger(SpendLedger):
         return rid if int(ok) == 1 else None
 
     def settle(self, rid: str, accounts: Accounts, actual: float, now: float) -> None:
-        self._run(self._settle, accounts, now, repr(float(actual)), [rid])
+        self._run(self._settle, accounts, now, repr(float(actual)), [rid, *self._op()])
 
     def reset(self, accounts: Sequence[str]) -> None:
         if accounts:

@@ -9,6 +9,12 @@ into that copy, queues them, and appends them to the shared log once Redis answe
 With a ``buffer_path`` the queued outcomes are also appended (fsynced) to a local JSONL file,
 so a replica that crashes during the outage pushes them when it starts again (at least once:
 a crash in the middle of a push may append some of them twice).
+
+An update made inside :func:`applied_once` (feedback: the request's shared context hash) is
+applied at most once per that key: the Redis script that appends it first marks the key
+``done`` and skips the update if it already was, also when it was queued during an outage and
+pushed later. So feedback that a second replica takes over from a claimant that died (or
+seemed to) never updates the bandit twice.
 """
 
 from __future__ import annotations
@@ -25,6 +31,21 @@ import numpy as np
 
 log = logging.getLogger("costroute.gateway")
 
+_once = threading.local()  # the key of the update being made in this thread, if any
+
+
+@contextmanager
+def applied_once(key: str | None) -> Iterator[dict[str, bool]]:
+    """Bandit updates this thread makes in the block are applied at most once per ``key``
+    (a Redis hash that must exist: marked ``done``). Yields ``{"skipped": bool}``, set when
+    the key was already done (the update was made elsewhere, not here)."""
+    result = {"skipped": False}
+    _once.key, _once.result = key, result
+    try:
+        yield result
+    finally:
+        _once.key = _once.result = None
+
 
 class ResilientBanditStore:
     """A primary (Redis) bandit store with a local fallback during outages."""
@@ -39,7 +60,8 @@ class ResilientBanditStore:
         self._error = BanditStoreError
         self._lock = threading.RLock()
         self._local = None  # BanditState copy used while the primary is down
-        self._pending: list[tuple[int, np.ndarray, float, float]] = []
+        # (arm, z, reward, cost, once-key or None), oldest first
+        self._pending: list[tuple[int, np.ndarray, float, float, str | None]] = []
         self._next_try = 0.0
         self._last = None  # the last state read from the primary (not copied)
         self._needs_init = None  # the prior to seed the primary with, if it was down at start
@@ -48,7 +70,7 @@ class ResilientBanditStore:
             for e in self.buffer.read():
                 try:
                     self._pending.append((int(e["a"]), np.asarray(e["z"], dtype=np.float64),
-                                          float(e["r"]), float(e["c"])))
+                                          float(e["r"]), float(e["c"]), e.get("d")))
                 except (KeyError, TypeError, ValueError):
                     log.warning("skipping a malformed buffered bandit outcome in %s",
                                 buffer_path)
@@ -76,8 +98,8 @@ class ResilientBanditStore:
                 self.primary.initialize(self._needs_init)
                 self._needs_init = None
             while self._pending:
-                arm, z, reward, cost = self._pending[0]
-                self.primary.update(arm, z, reward, cost)
+                arm, z, reward, cost, once = self._pending[0]
+                self.primary.update(arm, z, reward, cost, once=once)
                 self._pending.pop(0)
         except Exception as exc:
             if not self._unreachable(exc):
@@ -95,7 +117,7 @@ class ResilientBanditStore:
         other models or dimensions before a redeploy), with a warning, instead of failing."""
         arms, dim = np.asarray(state.b).shape
         fits = [p for p in self._pending if 0 <= p[0] < arms and p[1].shape == (dim,)
-                and np.isfinite(p[1]).all() and np.isfinite(p[2:]).all()]
+                and np.isfinite(p[1]).all() and np.isfinite(p[2:4]).all()]
         if len(fits) != len(self._pending):
             log.warning("dropping %d of %d buffered bandit outcomes that do not fit this "
                         "artifact (%d arms, %d dims)", len(self._pending) - len(fits),
@@ -110,7 +132,7 @@ class ResilientBanditStore:
                 if self._pending:  # buffered by an earlier run during an outage
                     log.info("pushing %d buffered bandit outcomes", len(self._pending))
                     self._local = self._last.copy()
-                    for arm, z, reward, cost in self._pending:
+                    for arm, z, reward, cost, _ in self._pending:
                         self._local.apply(arm, z, reward, cost)
                     self._try_recover()
             except Exception as exc:
@@ -119,28 +141,35 @@ class ResilientBanditStore:
                 log.warning("bandit store unreachable at start, learning locally: %s", exc)
                 self._needs_init = state.copy()
                 self._local = state.copy()
-                for arm, z, reward, cost in self._pending:
+                for arm, z, reward, cost, _ in self._pending:
                     self._local.apply(arm, z, reward, cost)
                 self._next_try = time.monotonic() + self.retry_seconds
                 return self._local
             return self._last if self._local is None else self._local
 
     def update(self, arm: int, z: np.ndarray, reward: float, cost: float) -> int:
+        once = getattr(_once, "key", None)
         with self._lock:
             self._try_recover()
             if self._local is None:
                 try:
-                    return self.primary.update(arm, z, reward, cost)
+                    v = self.primary.update(arm, z, reward, cost, once=once)
+                    if v < 0:  # already made for this key (by another replica)
+                        _once.result["skipped"] = True
+                        return self.primary.version()
+                    return v
                 except Exception as exc:
                     if not self._unreachable(exc):
                         raise
                     self._go_local(exc)
             z = np.ascontiguousarray(z, dtype=np.float64).reshape(-1)
             self._local.apply(int(arm), z, float(reward), float(cost))
-            self._pending.append((int(arm), z, float(reward), float(cost)))
+            self._pending.append((int(arm), z, float(reward), float(cost), once))
             if self.buffer is not None:
-                self.buffer.append([{"a": int(arm), "r": float(reward), "c": float(cost),
-                                     "z": z.tolist()}])
+                entry = {"a": int(arm), "r": float(reward), "c": float(cost), "z": z.tolist()}
+                if once is not None:
+                    entry["d"] = once
+                self.buffer.append([entry])
             return self._local.version
 
     def version(self) -> int:

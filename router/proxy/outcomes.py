@@ -281,14 +281,17 @@ class FeedbackCache:
                     if self._pending.get(rid) is ctx:
                         del self._pending[rid]
 
-    def claim(self, request_id: str) -> FeedbackContext | None | bool:
-        """The context, marked used; ``False`` if feedback was already given; None if unknown.
+    def claim(self, request_id: str, claimant: str | None = None
+              ) -> FeedbackContext | None | bool | str:
+        """The context, marked used; ``False`` if feedback was already given; None if unknown;
+        :data:`~router.state.feedback_store.CLAIM_BUSY` while another claimant holds it.
 
         Blocking (a Redis round trip) when the cache is shared; within ``retry_seconds`` of
-        a failed round trip the local contexts answer without trying Redis.
+        a failed round trip the local contexts answer without trying Redis. ``claimant``
+        (one feedback call's token) may claim again what it claimed before (a lost reply).
         """
         if self.shared is not None and time.monotonic() >= self._retry_at:
-            from router.state.feedback_store import CLAIMED_BEFORE
+            from router.state.feedback_store import CLAIM_BUSY, CLAIMED_BEFORE
             from router.state.outcome_store import StoreUnavailable
 
             try:
@@ -296,7 +299,7 @@ class FeedbackCache:
                     unflushed = request_id in self._pending
                 if unflushed:
                     self.flush_shared()
-                res = self.shared.claim(request_id)
+                res = self.shared.claim(request_id, claimant)
             except StoreUnavailable as exc:
                 self._shared_failed()
                 log.warning("shared feedback store unreachable, using local contexts: %s", exc)
@@ -304,6 +307,8 @@ class FeedbackCache:
                 self.shared_healthy = True
                 if res is None:
                     return None
+                if res == CLAIM_BUSY:
+                    return CLAIM_BUSY
                 with self._lock:
                     local = self._d.get(request_id)
                     # claimed here during an outage, after the context reached Redis

@@ -242,9 +242,13 @@ redis.call('SET', KEYS[2], ARGV[1])
 return ARGV[2]
 """
 
+#: KEYS[4] (optional): apply at most once per that hash (marked 'done'; -1 if it already was)
 _UPDATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('bandit store is not initialised')
+end
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
+  if redis.call('HSETNX', KEYS[4], 'done', '1') == 0 then return -1 end
 end
 local v = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], '0-' .. v, 'a', ARGV[1], 'r', ARGV[2], 'c', ARGV[3], 'x', ARGV[4])
@@ -346,15 +350,19 @@ class RedisBanditStore(BanditStore):
                 state.apply(int(fields[b"a"]), z, float(fields[b"r"]), float(fields[b"c"]))
         return state
 
-    def update(self, arm: int, z: np.ndarray, reward: float, cost: float) -> int:
+    def update(self, arm: int, z: np.ndarray, reward: float, cost: float,
+               once: str | None = None) -> int:
+        """Append one outcome; the new version. With ``once`` (an existing Redis hash) it is
+        applied at most once per that key: -1 when the key was already marked done."""
         with self._lock:
             state = self._state if self._state is not None else self._sync()
             arm, z, reward, cost = _check_outcome(state, arm, z, reward, cost)
+        keys = [self._snap, self._ver, self._stream] + ([once] if once else [])
         v = int(self._call(
-            self._update, keys=[self._snap, self._ver, self._stream],
+            self._update, keys=keys,
             args=[arm, repr(reward), repr(cost), z.astype("<f8").tobytes()],
         ))
-        if self.compact_every and v % self.compact_every == 0:
+        if v > 0 and self.compact_every and v % self.compact_every == 0:
             self.snapshot()
         return v
 

@@ -3,9 +3,19 @@
 ``POST /v1/feedback`` needs what the router knew when it served the request (policy,
 policy model, backend, cost, the prompt's embedding). With several replicas the feedback
 may reach a replica that did not serve the request, so each context is written to the hash
-``<prefix>:<request_id>`` with a TTL, and feedback *claims* it with one Lua script: the
-first claim marks it used and returns it, every later claim (from any replica) gets
-"already given". So duplicate feedback through two replicas is refused exactly once.
+``<prefix>:<request_id>`` with a TTL, and feedback *claims* it with one Lua script.
+
+A claim is a lease taken by one *claimant* (one feedback call: a token it keeps while the
+call is retried or deferred): it returns the context and records ``used`` = the token and
+``used_at`` (Redis' clock). The claimant then makes the bandit update, whose script marks the
+hash ``done`` in the same atomic step (:func:`router.proxy.bandit.applied_once`); feedback
+without an update marks it with :meth:`RedisFeedbackStore.mark_done`. Later claims:
+
+* ``done`` (or a context shared as already used): "already given", from any replica;
+* the same claimant again (its first reply was lost, or it was deferred): the context again;
+* another claimant within :data:`CLAIM_LEASE_SECONDS` of the claim: :data:`CLAIM_BUSY` (the
+  gateway defers it and tries again); after the lease: taken over, since the first claimant
+  died or stalled before its update. Both updating is impossible: the update checks ``done``.
 """
 
 from __future__ import annotations
@@ -17,13 +27,32 @@ import numpy as np
 
 from router.state.outcome_store import StoreUnavailable
 
-#: claim result: the context's fields; "used" when already claimed; None when unknown
+#: claim result: the context's fields; "used" when already given; "busy" when another
+#: claimant holds the lease; None when unknown
 CLAIMED_BEFORE = "used"
+CLAIM_BUSY = "busy"
+#: how long a claim is held for its claimant before another may take it over
+CLAIM_LEASE_SECONDS = 5.0
 
+# KEYS[1]: the context; ARGV: claimant token, lease (ms). 0: given; 1: busy; else fields
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.call('HSETNX', KEYS[1], 'used', '1') == 0 then return 0 end
+local used = redis.call('HGET', KEYS[1], 'used')
+if used == '1' or redis.call('HEXISTS', KEYS[1], 'done') == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if used and used ~= ARGV[1] then
+  local at = tonumber(redis.call('HGET', KEYS[1], 'used_at') or '0')
+  if now < at + tonumber(ARGV[2]) then return 1 end
+end
+redis.call('HSET', KEYS[1], 'used', ARGV[1], 'used_at', string.format('%d', now))
 return redis.call('HGETALL', KEYS[1])
+"""
+
+_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'done', '1')
+return 1
 """
 
 
@@ -71,6 +100,12 @@ class RedisFeedbackStore:
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
         self.client = redis_client(url)
         self._claim = self.client.register_script(_CLAIM)
+        self._done = self.client.register_script(_DONE)
+        self.lease_ms = int(CLAIM_LEASE_SECONDS * 1000)
+
+    def key(self, request_id: str) -> str:
+        """The Redis hash of one request's context (the bandit update's once-key)."""
+        return self._key(request_id)
 
     def _key(self, request_id: str) -> str:
         return f"{self.prefix}:{request_id}"
@@ -93,20 +128,34 @@ class RedisFeedbackStore:
         except (redis.RedisError, OSError) as exc:  # down, or refusing (OOM, READONLY)
             raise self._unavailable(exc) from exc
 
-    def claim(self, request_id: str) -> dict[str, Any] | str | None:
-        """The decoded context (now marked used), :data:`CLAIMED_BEFORE`, or None."""
+    def claim(self, request_id: str, claimant: str | None = None
+              ) -> dict[str, Any] | str | None:
+        """The decoded context (now leased to ``claimant``), :data:`CLAIMED_BEFORE`,
+        :data:`CLAIM_BUSY`, or None (unknown). Without a claimant, a fresh one."""
+        import uuid
+
         import redis
 
         try:
-            res = self._claim(keys=[self._key(request_id)])
+            res = self._claim(keys=[self._key(request_id)],
+                              args=[claimant or uuid.uuid4().hex, self.lease_ms])
         except (redis.RedisError, OSError) as exc:  # down, or refusing (OOM, READONLY)
             raise self._unavailable(exc) from exc
         if res is None:
             return None
         if not isinstance(res, list):
-            return CLAIMED_BEFORE
+            return CLAIM_BUSY if int(res) == 1 else CLAIMED_BEFORE
         fields = dict(zip(res[::2], res[1::2], strict=True))
         return decode_context(fields)
+
+    def mark_done(self, request_id: str) -> None:
+        """Feedback applied without a bandit update: later claims get "already given"."""
+        import redis
+
+        try:
+            self._done(keys=[self._key(request_id)])
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

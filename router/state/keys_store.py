@@ -12,14 +12,26 @@ saw plus local changes) and pushes the changes made meanwhile once Redis answers
 settled during an outage is also appended, each entry with a unique id, to an fsynced journal
 (``<state.dir>/keys-pending.jsonl``, the same :class:`~router.state.outcome_store.DiskBuffer`
 the outage bandit updates use), so a replica that crashes during the outage pushes it at its
-next start. Each entry is applied by one Lua script that first claims the entry's id
-(``SET NX`` with a 30-day expiry), so a push retried after a crash mid-push never charges twice.
+next start.
+
+Every change to Redis is applied at most once: each reserve / settle / release call gets an
+operation id, and the Lua script that applies it first checks and records that id (the
+record ``<prefix>:spend-op:<id>``). A call whose reply is lost (Redis killed or restarted
+after applying it, a socket timeout) is kept, with the same id, as a pending entry and
+re-sent once Redis answers: a re-send of an operation Redis already applied returns the first
+result instead of charging or releasing twice. A reservation whose reply was lost is re-sent
+as "make sure it is held" (the request was served from local state) or "make sure it is not
+held" (it was refused). Records start with a 30-day expiry (a crashed replica may push its
+journal long after) and are cut to :data:`ACKED_TTL` seconds once this replica has the reply.
 
 Reservations of a replica that dies: each replica also counts what it holds in its own
 ledger ``<prefix>:held:<replica id>`` (key hash -> amount, changed in the same atomic step
 as ``reserved``). The replica id is stable per state dir (``<state.dir>/replica-id``), so a
 replica restarted after a SIGKILL first gives back everything its earlier life still held;
-without that, the calls in flight at the kill would shrink the key's budget for good.
+without that, the calls in flight at the kill would shrink the key's budget for good. That
+give-back is recorded with the life's id (``<prefix>:held-life:<replica id>``), so a re-send
+after a lost reply cannot give back what the new life has reserved since. Journaled spend of
+the earlier life is then pushed as spend only (its reservations went back with the ledger).
 """
 
 from __future__ import annotations
@@ -35,54 +47,21 @@ import uuid
 from collections import defaultdict, deque
 from pathlib import Path
 
+from router.state.keys_lua import APPLY, APPLY_MANY, PUSH_BATCH, RATE, RELEASE_LEDGER, RESERVE
+
 log = logging.getLogger("costroute.state")
 
 DB_NAME = "keys.sqlite"
 EPS = 1e-12
 
-_RESERVE = """
-local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-local amount = tonumber(ARGV[1])
-if spent + reserved + amount > tonumber(ARGV[2]) + 1e-12 then
-  return {0, tostring(spent), tostring(reserved)}
-end
-redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[1])
-redis.call('HINCRBYFLOAT', KEYS[2], ARGV[3], ARGV[1])
-return {1, tostring(spent), tostring(reserved + amount)}
-"""
-
-#: give back what a replica that died held (its ledger ``KEYS[1]``: key hash -> amount);
-#: ARGV[1] is the key prefix (``<prefix>:key:``)
-_RELEASE_LEDGER = """
-local held = redis.call('HGETALL', KEYS[1])
-for i = 1, #held, 2 do
-  local amount = tonumber(held[i + 1])
-  if amount and amount > 0 then
-    redis.call('HINCRBYFLOAT', ARGV[1] .. held[i], 'reserved', -amount)
-  end
-end
-redis.call('DEL', KEYS[1])
-return #held / 2
-"""
-
-_SPEND_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[1])
-  return 1
-end
-return 0
-"""
-#: how long an applied journal entry's id is remembered (a retried push within it is a no-op)
+#: how long an operation's record is kept before this replica has its reply (a journal
+#: pushed within it is a no-op for what was already applied), and once it has it
 SPEND_ID_TTL = 30 * 86400
+ACKED_TTL = 60
 JOURNAL_NAME = "keys-pending.jsonl"
-
-_RATE = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if n > tonumber(ARGV[1]) then return 0 end
-return 1
-"""
+#: at most this many acknowledged op ids are remembered for cutting their records' expiry
+MAX_ACKS = 100_000
+ACK_BATCH = 256
 
 
 class LocalKeyStore:
@@ -189,12 +168,14 @@ class RedisKeyStore:
         self.prefix = prefix
         self.client = async_redis_client(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.replica_id = _replica_id(state_dir)
+        self.life_id = uuid.uuid4().hex  # this process: the ledger is given back once per life
         self._held = f"{prefix}:held:{self.replica_id}"
         self._ledger_checked = False  # the previous life's ledger given back yet?
-        self._release_ledger = self.client.register_script(_RELEASE_LEDGER)
-        self._reserve = self.client.register_script(_RESERVE)
-        self._spend_once = self.client.register_script(_SPEND_ONCE)
-        self._rate = self.client.register_script(_RATE)
+        self._release_ledger = self.client.register_script(RELEASE_LEDGER)
+        self._reserve = self.client.register_script(RESERVE)
+        self._apply = self.client.register_script(APPLY)
+        self._apply_many = self.client.register_script(APPLY_MANY)
+        self._rate = self.client.register_script(RATE)
         self.retry_seconds = retry_seconds
         self.healthy = True
         self._next_try = 0.0
@@ -202,17 +183,21 @@ class RedisKeyStore:
         self.local = LocalKeyStore(None)
         self._known: dict[str, tuple[float, float]] = {}
         self._pending: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        # spend settled during an outage, not yet in Redis: {"id", "k", "s"} (also journaled)
-        self._journal = None
+        # operations not known to be in Redis, oldest first: {"id", "k", "s" (spent delta),
+        # "r" (reserved delta), "m" (mode, see APPLY), "j" (journaled)}
         self._entries: list[dict] = []
+        self._acked: deque[str] = deque(maxlen=MAX_ACKS)  # op ids whose reply came back
+        self._acking = False
+        self._journal = None
         self._push_lock = asyncio.Lock()
         if state_dir is not None:
             from router.state.outcome_store import DiskBuffer
 
             self._journal = DiskBuffer(Path(state_dir) / JOURNAL_NAME)
             for e in self._journal.read():
-                try:
-                    entry = {"id": str(e["id"]), "k": str(e["k"]), "s": float(e["s"])}
+                try:  # an earlier life's spend: its reservations go back with its ledger
+                    entry = {"id": str(e["id"]), "k": str(e["k"]), "s": float(e["s"]),
+                             "r": 0.0, "m": "once", "j": True}
                 except (KeyError, TypeError, ValueError):
                     log.warning("skipping a malformed spend journal entry: %r", e)
                     continue
@@ -224,53 +209,82 @@ class RedisKeyStore:
     def _key(self, key: str) -> str:
         return f"{self.prefix}:key:{key}"
 
+    def _op(self, op_id: str) -> str:
+        return f"{self.prefix}:spend-op:{op_id}"
+
     def _usable(self) -> bool:
         return self.healthy or time.monotonic() >= self._next_try
 
-    def _down(self, exc: Exception) -> None:
+    async def _down(self, exc: Exception) -> None:
         if self.healthy:
             log.warning("redis key store unavailable, using local state: %s", exc)
         self.healthy = False
         self._next_try = time.monotonic() + self.retry_seconds
+        # idle connections to a Redis that went away would each fail once more: drop them
+        with contextlib.suppress(Exception):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+
+    def _queue(self, key: str, spent: float, reserved: float, mode: str,
+               op_id: str | None = None, journal: bool = False) -> None:
+        """Keep an operation for a later push (its effect counted locally meanwhile)."""
+        entry = {"id": op_id or uuid.uuid4().hex, "k": key, "s": float(spent),
+                 "r": float(reserved), "m": mode, "j": journal and self._journal is not None}
+        if entry["j"]:
+            assert self._journal is not None
+            self._journal.append([{"id": entry["id"], "k": key, "s": entry["s"]}])  # fsynced
+        self._entries.append(entry)
+        if mode != "drop":
+            p = self._pending[key]
+            p[0] += entry["s"]
+            p[1] += entry["r"]
 
     async def _sync_pending(self) -> None:
-        """Push what the outage left: reservation changes, then each journaled spend once.
+        """Push what the outage left, each operation once, oldest first.
 
         One push at a time: concurrent requests arriving as Redis returns would otherwise
-        push the same deltas twice and trim entries appended meanwhile from the journal."""
+        push the same entries twice and trim entries appended meanwhile from the journal."""
         async with self._push_lock:
             await self._push_pending()
 
     async def _push_pending(self) -> None:
-        reserved = [(k, p[1]) for k, p in self._pending.items() if p[1]]
-        if reserved:
-            pipe = self.client.pipeline(transaction=True)
-            for key, d_reserved in reserved:
-                pipe.hincrbyfloat(self._key(key), "reserved", d_reserved)
-                pipe.hincrbyfloat(self._held, key, d_reserved)
-            await pipe.execute()
-            for key, d_reserved in reserved:
-                self._pending[key][1] -= d_reserved
-        entries = list(self._entries)
-        for e in entries:
-            await self._spend_once(keys=[self._key(e["k"]), f"{self.prefix}:spend-op:{e['id']}"],
-                                   args=[repr(e["s"]), SPEND_ID_TTL])
-            self._pending[e["k"]][0] -= e["s"]
-        if entries:
-            del self._entries[:len(entries)]
-            if self._journal is not None:
-                self._journal.drop_first(len(entries))
-        for key in [k for k, p in self._pending.items() if abs(p[0]) < EPS and not p[1]]:
-            del self._pending[key]
-        if reserved or entries:
-            log.info("pushed local spend changes to redis: %d spend entries, reservations "
-                     "of %d key(s)", len(entries), len(reserved))
+        pushed = journaled = 0
+        try:
+            while self._entries:
+                batch = self._entries[:PUSH_BATCH]
+                args: list[str | int] = [f"{self.prefix}:key:", f"{self.prefix}:spend-op:",
+                                         SPEND_ID_TTL]
+                for e in batch:
+                    amount = e["r"] if e["m"] == "once" else abs(e["r"])
+                    args += [e["id"], e["k"], repr(e["s"]), repr(amount), e["m"]]
+                rows = await self._apply_many(keys=[self._held], args=args)
+                del self._entries[:len(batch)]
+                for kh, spent, reserved in rows:
+                    self._known[_text(kh)] = (float(spent), float(reserved))
+                for e in batch:
+                    self._acked.append(e["id"])
+                    if e["m"] != "drop":
+                        p = self._pending[e["k"]]
+                        p[0] -= e["s"]
+                        p[1] -= e["r"]
+                    journaled += e["j"]
+                pushed += len(batch)
+        finally:
+            if journaled and self._journal is not None:
+                self._journal.drop_first(journaled)
+            for key in [k for k, p in self._pending.items()
+                        if abs(p[0]) < EPS and abs(p[1]) < EPS]:
+                del self._pending[key]
+            if pushed:
+                log.info("pushed %d operations of a redis outage (%d journaled spend)",
+                         pushed, journaled)
 
     async def _give_back_ledger(self) -> None:
         """What this replica held when it last died goes back to its keys (once, at start)."""
         if self._ledger_checked:
             return
-        n = int(await self._release_ledger(keys=[self._held], args=[f"{self.prefix}:key:"]))
+        n = int(await self._release_ledger(
+            keys=[self._held, f"{self.prefix}:held-life:{self.replica_id}"],
+            args=[f"{self.prefix}:key:", self.life_id, SPEND_ID_TTL]))
         self._ledger_checked = True
         if n:
             log.warning("gave back the reservations of %d key(s) held by this replica "
@@ -283,74 +297,97 @@ class RedisKeyStore:
             self.healthy = True
             await self._sync_pending()
 
-    async def aflush(self) -> None:
-        """Push outage changes now if Redis answers (called by the gateway's housekeeping)."""
-        if (self._entries or not self.healthy or not self._ledger_checked) and self._usable():
+    async def _ack(self, op_id: str) -> None:
+        """The reply of ``op_id`` came back; every :data:`ACK_BATCH` of them, cut their
+        records' expiry now (not only in housekeeping: a SIGKILL forgets what is queued)."""
+        self._acked.append(op_id)
+        if len(self._acked) >= ACK_BATCH and not self._acking:
+            self._acking = True
             try:
-                await self._ok()
-            except Exception as exc:
+                await self._flush_acks()
+            except Exception as exc:  # kept queued; housekeeping tries again
                 if not _is_conn_error(exc):
                     raise
-                self._down(exc)
+            finally:
+                self._acking = False
+
+    async def _flush_acks(self) -> None:
+        """Cut the expiry of the records of operations whose reply came back."""
+        ids = [self._acked.popleft() for _ in range(min(len(self._acked), 5000))]
+        if not ids:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for op_id in ids:
+                pipe.expire(self._op(op_id), ACKED_TTL)
+            await pipe.execute()
+        except Exception:
+            self._acked.extendleft(reversed(ids))
+            raise
+
+    async def aflush(self) -> None:
+        """Push outage changes now if Redis answers (called by the gateway's housekeeping)."""
+        if not self._usable():
+            return
+        try:
+            if self._entries or not self.healthy or not self._ledger_checked:
+                await self._ok()
+            await self._flush_acks()
+        except Exception as exc:
+            if not _is_conn_error(exc):
+                raise
+            await self._down(exc)
 
     async def areserve(self, key: str, amount: float, budget: float) -> bool:
+        op_id = uuid.uuid4().hex
+        tried = False
         if self._usable():
             try:
                 await self._ok()
+                tried = True
                 ok, spent, reserved = await self._reserve(
-                    keys=[self._key(key), self._held],
-                    args=[repr(float(amount)), repr(float(budget)), key])
+                    keys=[self._key(key), self._held, self._op(op_id)],
+                    args=[repr(float(amount)), repr(float(budget)), key, SPEND_ID_TTL])
+                await self._ack(op_id)
                 self._known[key] = (float(spent), float(reserved))
                 return bool(int(ok))
             except Exception as exc:  # redis.ConnectionError is not the builtin one
                 if not _is_conn_error(exc):
                     raise
-                self._down(exc)
+                await self._down(exc)
         spent, reserved = self._known.get(key, (0.0, 0.0))
         d_spent, d_reserved = self._pending[key]
-        if spent + reserved + d_spent + d_reserved + amount > budget + EPS:
-            return False
-        self._pending[key][1] += amount
-        return True
+        ok = spent + reserved + d_spent + d_reserved + amount <= budget + EPS
+        if ok:  # held here; held in Redis too once pushed (if the lost attempt did not)
+            self._queue(key, 0.0, float(amount), "hold", op_id)
+        elif tried:  # refused here: if the lost attempt did hold it, give it back
+            self._queue(key, 0.0, float(amount), "drop", op_id)
+        return ok
 
-    async def asettle(self, key: str, reserved: float, actual: float) -> None:
+    async def _change(self, key: str, spent: float, reserved: float, journal: bool) -> None:
+        """Settle (``spent`` > 0) or release a reservation of ``reserved``, once."""
+        op_id = uuid.uuid4().hex
         if self._usable():
             try:
                 await self._ok()
-                pipe = self.client.pipeline(transaction=True)
-                pipe.hincrbyfloat(self._key(key), "reserved", -reserved)
-                pipe.hincrbyfloat(self._key(key), "spent", actual)
-                if reserved:
-                    pipe.hincrbyfloat(self._held, key, -reserved)
-                new_reserved, new_spent, *_ = await pipe.execute()
+                _, new_spent, new_reserved = await self._apply(
+                    keys=[self._key(key), self._held, self._op(op_id)],
+                    args=[repr(float(spent)), repr(-float(reserved)), key, SPEND_ID_TTL,
+                          "once"])
+                await self._ack(op_id)
                 self._known[key] = (float(new_spent), float(new_reserved))
                 return
             except Exception as exc:
                 if not _is_conn_error(exc):
                     raise
-                self._down(exc)
-        entry = {"id": uuid.uuid4().hex, "k": key, "s": float(actual)}
-        if self._journal is not None:
-            self._journal.append([entry])  # fsynced before the answer is sent
-        self._entries.append(entry)
-        p = self._pending[key]
-        p[0] += actual
-        p[1] -= reserved
+                await self._down(exc)
+        self._queue(key, spent, -float(reserved), "once", op_id, journal=journal)
+
+    async def asettle(self, key: str, reserved: float, actual: float) -> None:
+        await self._change(key, float(actual), reserved, journal=True)
 
     async def arelease(self, key: str, reserved: float) -> None:
-        if self._usable():
-            try:
-                await self._ok()
-                pipe = self.client.pipeline(transaction=True)
-                pipe.hincrbyfloat(self._key(key), "reserved", -reserved)
-                pipe.hincrbyfloat(self._held, key, -reserved)
-                await pipe.execute()
-                return
-            except Exception as exc:
-                if not _is_conn_error(exc):
-                    raise
-                self._down(exc)
-        self._pending[key][1] -= reserved
+        await self._change(key, 0.0, reserved, journal=False)
 
     async def ausage(self, key: str) -> tuple[float, float]:
         if self._usable():
@@ -361,7 +398,7 @@ class RedisKeyStore:
             except Exception as exc:
                 if not _is_conn_error(exc):
                     raise
-                self._down(exc)
+                await self._down(exc)
         spent, reserved = self._known.get(key, (0.0, 0.0))
         d = self._pending.get(key, [0.0, 0.0])
         return spent + d[0], max(0.0, reserved + d[1])
@@ -377,7 +414,7 @@ class RedisKeyStore:
             except Exception as exc:
                 if not _is_conn_error(exc):
                     raise
-                self._down(exc)
+                await self._down(exc)
         return self.local.hit(key, rpm)
 
     def persist(self, names: dict[str, str] | None = None) -> None:
@@ -387,6 +424,9 @@ class RedisKeyStore:
         pass
 
     async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.healthy:
+                await self._flush_acks()
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
@@ -406,6 +446,10 @@ def _replica_id(state_dir: str | os.PathLike[str] | None) -> str:
     tmp.write_text(value + "\n")
     os.replace(tmp, path)
     return value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _is_conn_error(exc: Exception) -> bool:
