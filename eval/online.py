@@ -42,21 +42,25 @@ from router.budget import (
 from router.dataset import RoutingDataset
 
 DEFAULT_BUDGETS = (0.10, 0.25, 0.50)
-#: LinUCB parameters of the replay. reg/proj_dim: the best mean quality over the three
-#: budgets among reg in {1, 10, 30, 100} x proj_dim in {None, 32, 64}, replaying a 30% cut
-#: of the RouterBench-subset *train* data (never the test split). alpha, forgetting and the
-#: confidence gate: ``python -m eval.online_tune`` (three seeded 70/30 cuts of train;
-#: stationary, degrade and price worlds). Without the gate no candidate stayed at or above
-#: the frozen prior on every cut and budget (worst -0.010 .. -0.015); with it (kappa 0.5,
-#: 1 and 2 alike) every one did (worst +0.000), and this one had the best after-change
-#: accuracy (0.800; 0.696 without forgetting). ``cold_alpha`` (the optimism of a backend
-#: without train outcomes, eval.online_tune.tune_cold on the train swap world): None
-#: (= alpha) had the best after-change accuracy, 0.805 against 0.805/0.795/0.780/0.784 at
-#: 0.5/1/2/5, so a new backend is not explored
+#: LinUCB parameters of the replay. The prior (knn_features, reg, proj_dim): ``python -m
+#: eval.online_tune --prior``, the best frozen-prior accuracy replayed through the knapsack
+#: on three seeded 70/30 cuts of the RouterBench-subset *train* data at the three budgets,
+#: among kNN estimates as features or not x reg in {10, 100, 1000} x proj_dim in {None, 8}:
+#: kNN features with reg 100 (0.8463; without kNN features 0.8458 at reg 100, 0.8397 at
+#: reg 10, the earlier default). alpha, forgetting and the confidence gate: ``python -m
+#: eval.online_tune`` on the same cuts (stationary, degrade and price worlds); a candidate
+#: must stay at or above the frozen prior on every cut and budget, less one query of the
+#: 400 replayed (0.0025). On this prior only the confidence gate (kappa 0.5) with change
+#: detection whose cost detector needs cost_threshold 4 does (mean +0.0003, worst -0.0025,
+#: after-change accuracy 0.816); at cost_threshold 2 the cost detector fired in a
+#: stationary replay (worst -0.010), without the gate worst -0.0075. ``cold_alpha`` (the
+#: optimism of a backend without train outcomes, eval.online_tune.tune_cold on the train
+#: swap world, after the cold arm's start was fixed to an average model): 0.25, 0.819
+#: after the change, against 0.812 for None (= alpha) and 0.777/0.770/0.771 at 0.5/1/2.
 DEFAULT_PARAMS: dict[str, Any] = {
-    "alpha": 0.05, "prior_weight": 1.0, "reg": 10.0, "proj_dim": None,
-    "drift_threshold": 3.0, "drift_slack": 0.3, "drift_shrink": 0.1, "cost_threshold": 2.0,
-    "confidence": 0.5,
+    "alpha": 0.05, "prior_weight": 1.0, "reg": 100.0, "proj_dim": None, "knn_features": True,
+    "drift_threshold": 3.0, "drift_slack": 0.3, "drift_shrink": 0.1, "cost_threshold": 4.0,
+    "confidence": 0.5, "cold_alpha": 0.25,
 }
 #: name -> (parameter overrides, learns online). The cold start (plain LinUCB, no prior)
 #: needs a wide bonus and a weak penalty to explore at all: alpha=1, reg=1 were the best

@@ -11,7 +11,7 @@ Selection: among candidates whose stationary replay stays at or above the frozen
 at every budget (minus ``slack``), the best mean after-change accuracy over degrade and
 price; ties to the earlier (simpler) candidate. Run it::
 
-    python -m eval.online_tune [--data DIR] [--budgets 0.1,0.25,0.5] [--out results.json]
+    python -m eval.online_tune [--data DIR] [--budgets 0.1,0.25,0.5] [--prior] [--out results.json]
 """
 
 from __future__ import annotations
@@ -43,10 +43,20 @@ CANDIDATES: list[tuple[float, Forgetting, float]] = [
     (0.0, DETECT, 1.0),
     (0.0, DETECT, 2.0),
     (0.05, DETECT, 0.5),
+    # a cost change needs a stronger signal: at cost_threshold 2 the cost detector fired in
+    # a stationary train replay (a kNN-features prior at 50% budget, -0.010 accuracy)
+    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=4.0,
+                     cost_slack=0.5), 0.5),
 ]
 WORLDS = ("stationary", "degrade", "price")
 #: the optimism of a backend without train outcomes, tried on the train swap world
-COLD_ALPHAS = (None, 0.5, 1.0, 2.0, 5.0)
+COLD_ALPHAS = (None, 0.25, 0.5, 1.0, 2.0)
+#: the prior's candidates (``--prior``): kNN estimates as features or not x ridge penalty
+#: x projection; judged by the frozen prior's stationary replay
+PRIOR_CANDIDATES: list[dict[str, Any]] = [
+    {"knn_features": kf, "reg": reg, "proj_dim": pd}
+    for kf in (False, True) for reg in (10.0, 100.0, 1000.0) for pd in (None, 8)
+]
 
 
 def clone(policy: LinUCBPolicy, alpha: float, forgetting: Forgetting,
@@ -165,6 +175,38 @@ def tune(train: Split, models: list[str], params: dict[str, Any], fractions: lis
                                            "confidence": best["confidence"]}}
 
 
+def tune_prior(train: Split, models: list[str], params: dict[str, Any],
+               fractions: list[float], ref_idx: int, seed: int = 0, replays: int = 3,
+               candidates=None, say=print) -> dict[str, Any]:
+    """The prior's parameters (``knn_features``, ``reg``, ``proj_dim``): the best mean
+    accuracy of the frozen prior (no online updates) replayed through the budget knapsack
+    on ``replays`` seeded 70/30 fit/replay cuts of train, every budget; ties to the
+    earlier (simpler) candidate."""
+    from eval.online import decision_values
+
+    rows = []
+    cuts = [fit_replay(train, seed + r) for r in range(replays)]
+    for cand in candidates or PRIOR_CANDIDATES:
+        runs = []
+        for r, (fit, rep) in enumerate(cuts):
+            prior = LinUCBPolicy(**{**params, **cand, "alpha": 0.0}).fit(
+                fit.X, fit.quality, fit.cost, models, fit.tasks)
+            world = build_world("stationary", {}, fit, rep, models, seed + r)
+            sample = decision_values(prior, fit.X)
+            for frac in fractions:
+                B = frac * float(world.cost[:, ref_idx].sum())
+                bins = auto_bins(B, float(np.nanmax(fit.cost)), world.T)
+                res = _run(clone(prior, 0.0, OFF), world, B, bins, sample, learn=False)
+                runs.append({"budget": frac, "cut": r, "quality": float(res.reward.mean()),
+                             "cost_per_1k": float(1000 * res.cost.mean())})
+        row = {**cand, "runs": runs, "quality": float(np.mean([x["quality"] for x in runs]))}
+        rows.append(row)
+        say(f"prior {cand}: frozen stationary accuracy {row['quality']:.4f}")
+    best = max(rows, key=lambda r: r["quality"])
+    return {"candidates": rows, "chosen": {k: best[k] for k in (candidates or
+                                                                PRIOR_CANDIDATES)[0]}}
+
+
 def tune_cold(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
               ref_idx: int, values=COLD_ALPHAS, seed: int = 0, replays: int = 1,
               say=print) -> dict[str, Any]:
@@ -208,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--replays", type=int, default=3,
                     help="seeded fit/replay cuts of train (default 3)")
+    ap.add_argument("--slack", type=float, default=0.0025,
+                    help="stationary tolerance below the frozen prior (default 0.0025: one "
+                         "query of a 400-query replay)")
+    ap.add_argument("--prior", action="store_true",
+                    help="first choose the prior (knn_features, reg, proj_dim) by the frozen "
+                         "prior's stationary replay, then tune the online part on it")
     ap.add_argument("--out", help="write the table as JSON here")
     args = ap.parse_args(argv)
     import router.datasets as D
@@ -225,10 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     with np.errstate(invalid="ignore"):
         ref = int(np.nanargmax(np.nanmean(train.quality, axis=0)))
     params = {k: v for k, v in DEFAULT_PARAMS.items()
-              if k in ("prior_weight", "reg", "proj_dim")}
+              if k in ("prior_weight", "reg", "proj_dim", "knn_features")}
+    fractions = [float(b) for b in args.budgets.split(",")]
+    prior_table = None
+    if args.prior:
+        prior_table = tune_prior(Split(X, train.quality, train.cost, list(train.tasks)),
+                                 models, params, fractions, ref, seed=args.seed,
+                                 replays=args.replays)
+        params.update(prior_table["chosen"])
+        print(json.dumps({"prior": prior_table["chosen"]}), flush=True)
     result = tune(Split(X, train.quality, train.cost, list(train.tasks)), models, params,
-                  [float(b) for b in args.budgets.split(",")], ref, seed=args.seed,
-                  replays=args.replays)
+                  fractions, ref, seed=args.seed, slack=args.slack, replays=args.replays)
     chosen = result["chosen"]
     f = chosen["forgetting"]
     bandit = {**params, "alpha": chosen["alpha"], "confidence": chosen["confidence"],
@@ -239,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                                bandit, [float(b) for b in args.budgets.split(",")], ref,
                                seed=args.seed, replays=args.replays)
     chosen["cold_alpha"] = result["cold"]["chosen"]
+    if prior_table is not None:
+        result["prior"] = prior_table
+        chosen.update(prior_table["chosen"])
     print(json.dumps(chosen))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

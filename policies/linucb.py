@@ -75,15 +75,18 @@ class LinUCBPolicy(Policy):
     (per-update decay of the pulled arm's statistics, 1 = none), ``drift_threshold`` /
     ``drift_slack`` (CUSUM change detection on an arm's quality error, 0 = off),
     ``drift_shrink`` (what a detected change multiplies the arm's statistics by),
-    ``cost_threshold`` / ``cost_slack`` (the same on log cost). ``cold_weight``: a model without train
-    outcomes starts as an average model with this many pseudo-outcomes per train row.
+    ``cost_threshold`` / ``cost_slack`` (the same on log cost). ``cold_weight``: a model
+    without train outcomes starts as the prior's ridge on the rows' average quality, its
+    statistics scaled by this weight (an average model's mean, wider bounds).
     ``confidence`` (kappa >= 0): the exploiting mean departs from the frozen prior's mean
     only by what the posterior has established, ``prior + soft(mean - prior, kappa *
     width)`` (the part of the online change beyond kappa posterior widths; 0 = the plain
     posterior mean), so that with nothing changing the bandit keeps its prior's choices;
     an arm whose change detector fired follows its posterior. ``cold_alpha`` (None =
     ``alpha``): the optimism of an arm without train outcomes (a backend added for online
-    learning), so that it gets tried where it could be better.
+    learning), so that it gets tried where it could be better. ``knn_features``: append
+    each model's kNN quality estimate to the features (:mod:`policies._knn_features`), so
+    the prior starts from the kNN's estimates rather than a linear model of the embedding.
     """
 
     name = "linucb"
@@ -108,7 +111,9 @@ class LinUCBPolicy(Policy):
         cold_weight: float = 0.05,
         confidence: float = 0.0,
         cold_alpha: float | None = None,
+        knn_features: bool = False,
     ) -> None:
+        self.knn_features = knn_features
         self.confidence = confidence
         self.cold_alpha = cold_alpha
         self.fallback = fallback
@@ -145,6 +150,9 @@ class LinUCBPolicy(Policy):
             or self.proj_dim < 1
         ):
             raise PolicyError(f"linucb: proj_dim must be a positive integer or None, got {self.proj_dim!r}")
+        if not isinstance(self.knn_features, bool | np.bool_):
+            raise PolicyError(f"linucb: knn_features must be true or false, got "
+                              f"{self.knn_features!r}")
         self.forgetting()  # raises on bad forgetting parameters
         ca = self.cold_alpha
         if ca is not None and (isinstance(ca, bool) or not isinstance(ca, int | float)
@@ -182,18 +190,31 @@ class LinUCBPolicy(Policy):
             self.proj_ = rng.standard_normal((d, k)) / np.sqrt(k)
 
     def features(self, X: np.ndarray) -> np.ndarray:
-        """Bandit features (n, k+1) for embeddings X (n, d)."""
+        """Bandit features (n, k+1) for embeddings X (n, d): the projected embedding, the
+        kNN estimates when ``knn_features`` (k then counts them too), and a bias."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        knn = getattr(self, "knn_", None)
+        return self._assemble(X, knn.transform(X) if knn is not None else None)
+
+    def _assemble(self, X: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
         Z = np.atleast_2d(np.asarray(X, dtype=np.float64)) - self.mean_
         if self.proj_ is not None:
             Z = Z @ self.proj_
-        return np.hstack([Z, np.ones((Z.shape[0], 1))])
+        parts = [Z] if extra is None else [Z, np.asarray(extra, dtype=np.float64)]
+        return np.hstack([*parts, np.ones((Z.shape[0], 1))])
 
     # ---- fitting --------------------------------------------------------------------------
     def _fit(self, data: TrainData) -> None:
         X, quality, cost = data.X, data.quality, data.cost
         self._check_params()
         self._fit_projection(X)
-        Z = self.features(X)
+        self.knn_, self.knn_oof_ = None, None
+        if self.knn_features:
+            from policies._knn_features import KNNFeatures
+
+            self.knn_, self.knn_oof_ = KNNFeatures.fit(
+                X, quality, cost, self.models_, data.tasks, int(self.seed))
+        Z = self._assemble(X, self.knn_oof_)  # train rows: out-of-fold kNN estimates
         n, k = Z.shape
         m = len(self.models_)
         pw, reg = float(self.prior_weight), float(self.reg)
@@ -208,14 +229,16 @@ class LinUCBPolicy(Policy):
         cold = ~observed.any(axis=0)
         if cold.any() and observed.any() and pw > 0 and float(self.cold_weight) > 0:
             # a model without train outcomes (added to the artifact for online learning)
-            # starts as a weak "average model": cold_weight pseudo-outcomes per train row,
-            # each the row's mean over the observed models
+            # starts as a weak "average model": the prior's ridge on each train row's mean
+            # over the observed models, with its statistics scaled by cold_weight, so its
+            # mean is an average model's (not shrunk toward 0 by the ridge penalty) and
+            # its widths are 1/sqrt(cold_weight) times a trained arm's
             rows = observed.any(axis=1)
             avg = np.nanmean(np.where(observed[rows], quality[rows], np.nan), axis=1)
-            w = pw * float(self.cold_weight)
+            w = float(self.cold_weight)
             for a in np.flatnonzero(cold):
-                A[a] = w * (Z[rows].T @ Z[rows]) + reg * np.eye(k)
-                b[a] = w * (Z[rows].T @ avg)
+                A[a] = w * (pw * (Z[rows].T @ Z[rows]) + reg * np.eye(k))
+                b[a] = w * pw * (Z[rows].T @ avg)
         filled = fill_cost(cost)
         cost_mean = filled.mean(axis=0)
         cost_n = np.full(m, max(pw * n, 1.0))
@@ -244,21 +267,31 @@ class LinUCBPolicy(Policy):
         if not self.fallback or float(self.prior_weight) == 0 or len(data.X) < 4:
             self.familiarity_, self.fallback_ = None, Fallback()  # cold start: no prior to keep
             return
-        params = {**self.get_params(), "fallback": False}
+        params = {**self.get_params(), "fallback": False, "knn_features": False}
+        knn = getattr(self, "knn_", None)
 
         def raw(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
-            return LinUCBPolicy(**params).ridge_means(data.X[tr], data.quality[tr], data.X[te])
+            extra = extra_q = None
+            if knn is not None:  # the held-out rows' kNN estimates come from rows tr only
+                extra, extra_q = self.knn_oof_[tr], knn.refit_transform(data, tr, te)
+                shift = extra.mean(axis=0)
+                extra, extra_q = extra - shift, extra_q - shift
+            return LinUCBPolicy(**params).ridge_means(data.X[tr], data.quality[tr], data.X[te],
+                                                      extra, extra_q)
 
         self.familiarity_ = Familiarity.fit(data.X)
         self.fallback_ = fit_fallback(data.X, data.quality, data.cost, data.tasks, raw,
                                       seed=int(self.seed))
 
-    def ridge_means(self, X: np.ndarray, quality: np.ndarray, Xq: np.ndarray) -> np.ndarray:
+    def ridge_means(self, X: np.ndarray, quality: np.ndarray, Xq: np.ndarray,
+                    extra: np.ndarray | None = None,
+                    extra_q: np.ndarray | None = None) -> np.ndarray:
         """Prior-only mean quality (n_q, m) at ``Xq`` of this configuration fitted on (X,
         quality): the same ridge as :meth:`fit`, solved without the bandit state (arms
-        observed on the same rows share one factorisation)."""
+        observed on the same rows share one factorisation). ``extra``/``extra_q``: feature
+        columns appended to X's and Xq's (the kNN estimates)."""
         self._fit_projection(X)
-        Z, Zq = self.features(X), self.features(Xq)
+        Z, Zq = self._assemble(X, extra), self._assemble(Xq, extra_q)
         pw, reg = float(self.prior_weight), float(self.reg)
         observed = ~np.isnan(quality)
         q = np.where(observed, quality, 0.0)
@@ -407,6 +440,8 @@ class LinUCBPolicy(Policy):
             arrays["prior_theta"] = self.prior_theta_
         if self.familiarity_ is not None:
             arrays.update(self.familiarity_.arrays())
+        if getattr(self, "knn_", None) is not None:
+            arrays["knn_center"] = self.knn_.center
         return arrays, {"version": state.version, "fingerprint": state.fingerprint,
                         "fallback": self.fallback_.meta()}
 
@@ -422,7 +457,27 @@ class LinUCBPolicy(Policy):
         self._store = EmbeddedBanditStore()
         self._store.initialize(state)
         self.prior_theta_ = arrays.get("prior_theta")  # older artifacts: no gate
+        if self.knn_features:
+            if "knn_center" not in arrays or getattr(self, "_knn_loaded", None) is None:
+                raise ArtifactError("linucb: knn_features is set but the artifact has no kNN")
+            from policies._knn_features import KNNFeatures
+
+            cols = [self.models_.index(m) for m in self._knn_loaded.models_]
+            self.knn_ = KNNFeatures(self._knn_loaded, arrays["knn_center"], np.asarray(cols))
+        else:
+            self.knn_ = None
         self._set_fallback_state(arrays, meta, state.n_arms)
+
+    def _save_files(self, path) -> None:
+        if getattr(self, "knn_", None) is not None:
+            self.knn_.save(path)
+
+    def _load_files(self, path) -> None:
+        self._knn_loaded = None
+        if self.knn_features:
+            from policies._knn_features import load_knn
+
+            self._knn_loaded = load_knn(path, self.models_)
 
     def _set_fallback_state(self, arrays, meta, m: int) -> None:
         """The fallback's parts; artifacts written before it had none (never falls back)."""
