@@ -83,12 +83,12 @@ def test_replicas_share_learning_and_survive_redis_outage(upstream, artifact, tm
 def test_a_degraded_backend_loses_its_traffic_over_http(upstream, tmp_path):
     """The degrade scenario through the served gateway: 'cheap' answers the math prompts
     well, then (from query 20 on) every one of its answers gets reward 0 through
-    /v1/feedback. With the replay's forgetting and gate (eval.online.DEFAULT_PARAMS) its
-    share falls below 5% within 100 queries of the change; the frozen prior keeps it."""
+    /v1/feedback. With the replay's bandit (eval.online.DEFAULT_PARAMS: kNN features, reg,
+    forgetting, gate) its share falls below 5% within 100 queries of the change; the frozen
+    prior keeps it."""
     from eval.online import DEFAULT_PARAMS
 
-    forget = {k: DEFAULT_PARAMS[k] for k in ("drift_threshold", "drift_slack", "drift_shrink",
-                                              "confidence")}
+    forget = {k: v for k, v in DEFAULT_PARAMS.items() if k != "prior_weight"}
     shares = {}
     for name, params in (("pilot", forget), ("frozen", None)):
         art = linucb_artifact(tmp_path / f"art-{name}", **(params or {}))
