@@ -186,6 +186,14 @@ class Gateway:
         self._draining: set[asyncio.Task] = set()  # settles and releases: awaited at stop
         self.spend = Spend(self.keys, self.pacer, self.pool, self.executor, self._spawn_drained,
                            r.estimate_output_tokens)
+        if cfg.state.redis_url:
+            # with sync_outcomes, key settles are stored with their outcome records in one
+            # atomic step (the answer waits for that write anyway); without it they are
+            # charged at once. What an earlier life buffered is charged as spend only.
+            self.outcome_store.adopt_earlier_life()
+            self.outcome_store.primary.settle_with_records(
+                *self.key_store.settle_target(), on_settled=self.key_store.settled)
+            self.spend.with_records = cfg.state.sync_outcomes
         self.responder = Responder(self)
         self.single = SingleCallExecutor(self)
         self.cascade = CascadeExecutor(self)
@@ -288,12 +296,16 @@ class Gateway:
         rec: dict[str, Any] = {"event": "outcome", "request_id": rid, "ts": time.time()}
         # state.sync_outcomes: collect this request's settles to wait for them
         settles = self.spend.track_settles() if self.outcomes.ack else None
+        self.spend.bind(rec)
         try:
             response = await self._chat(request, rid, rec, t0)
             if self.outcomes.ack:  # state.sync_outcomes: answer once the record is stored
                 await self.spend.settled(settles or [])  # and the call's cost charged
                 await self.outcomes.stored(rid)
             return response
+        except asyncio.CancelledError:  # the record may not have been handed over
+            self.spend.settle_unrecorded(rec)
+            raise
         except APIError as err:
             self._record_error(rec, err, t0)
             err.headers.setdefault("x-router-request-id", rid)

@@ -93,6 +93,15 @@ class KeyManager:
             return
         await self.store.asettle(info.hash, reserved, actual)
 
+    def settle_op(self, info: KeyInfo, reserved: float, actual: float) -> list[str] | None:
+        """Like :meth:`settle`, deferred to the outcome record's write (the store's
+        ``defer_settle``); None when there is nothing to charge."""
+        if info.budget is None:
+            if info.hash == ANONYMOUS.hash:
+                return None
+            reserved = 0.0
+        return self.store.defer_settle(info.hash, reserved, actual)
+
     async def release(self, info: KeyInfo, reserved: float) -> None:
         if info.budget is None:
             return

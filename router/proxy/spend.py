@@ -19,6 +19,8 @@ from router.proxy.routing import Candidate
 
 #: settles started while the current request is answered (see :meth:`Spend.track_settles`)
 _SETTLES: ContextVar[list[asyncio.Task] | None] = ContextVar("costroute_settles", default=None)
+#: the current request's outcome record, which carries its key settles (:meth:`Spend.bind`)
+_RECORD: ContextVar[dict[str, Any] | None] = ContextVar("costroute_record", default=None)
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Spend:
         self.executor = executor
         self.spawn = spawn
         self.estimate_output_tokens = estimate_output_tokens
+        #: charge key spend with the outcome record (both in Redis: one atomic write)
+        self.with_records = False
 
     async def next_candidate(self, todo: list[Candidate], prompt_tokens: int, max_out: int
                              ) -> tuple[Candidate, Any]:
@@ -63,16 +67,42 @@ class Spend:
             return None
         return Hold(key, amount, pacing)
 
-    async def settle(self, hold: Hold, actual: float) -> None:
-        await self.keys.settle(hold.key, hold.amount, actual)
+    async def settle(self, hold: Hold, actual: float, key: bool = True) -> None:
+        if key:
+            await self.keys.settle(hold.key, hold.amount, actual)
         if hold.pacing is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.pacer.commit, hold.pacing, actual)
 
+    @staticmethod
+    def bind(rec: dict[str, Any]) -> None:
+        """From now on in this request, key settles go with ``rec`` (when
+        :attr:`with_records`): stored in one step with it, so a replica killed in between
+        cannot charge a call without its record."""
+        _RECORD.set(rec)
+
+    def settle_unrecorded(self, rec: dict[str, Any]) -> None:
+        """Charge ``rec``'s settles directly (the request ended without handing it over;
+        their op ids make this a no-op for any the record's write applies as well)."""
+        from router.state.outcome_store import SPEND_OPS
+
+        for op in list(rec.get(SPEND_OPS) or ()):
+            self.spawn(self.keys.store.asettle_op(op))
+
     def settle_soon(self, hold: Hold, actual: float) -> None:
-        """Settle in the background (nothing to do for the anonymous key without pacing)."""
-        if hold.key.hash != ANONYMOUS.hash or hold.pacing is not None:
-            task = self.spawn(self.settle(hold, actual))
+        """Settle in the background (nothing to do for the anonymous key without pacing);
+        the key's part goes with the bound record when :attr:`with_records`."""
+        key = hold.key.hash != ANONYMOUS.hash
+        rec = _RECORD.get() if self.with_records and key else None
+        if rec is not None:
+            from router.state.outcome_store import SPEND_OPS
+
+            op = self.keys.settle_op(hold.key, hold.amount, actual)
+            if op is not None:
+                rec.setdefault(SPEND_OPS, []).append(op)
+            key = False
+        if key or hold.pacing is not None:
+            task = self.spawn(self.settle(hold, actual, key))
             tracked = _SETTLES.get()
             if tracked is not None and task is not None:
                 tracked.append(task)

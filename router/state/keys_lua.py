@@ -100,3 +100,28 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if n > tonumber(ARGV[1]) then return 0 end
 return 1
 """
+
+
+#: outcome records and the spend they carry, in one atomic step (the outcome writer's batch):
+#: KEYS[1] stream, KEYS[2] held ledger; ARGV: key prefix, op record prefix, record ttl,
+#: acked ttl, maxlen (0: none), number of acked op ids, those ids (their records' expiry is
+#: cut), then per event: its JSON, its number of settles, per settle: op id, key hash, spent,
+#: reserved delta. A re-sent batch adds the records again (readers deduplicate by request id)
+#: but charges each settle once.
+RECORD = APPLY_FN + """
+local i = 7 + tonumber(ARGV[6])
+for j = 7, i - 1 do redis.call('EXPIRE', ARGV[2] .. ARGV[j], ARGV[4]) end
+local maxlen = tonumber(ARGV[5])
+while i <= #ARGV do
+  if maxlen > 0 then redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'e', ARGV[i])
+  else redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  for _ = 1, n do
+    apply_op(ARGV[1] .. ARGV[i + 1], KEYS[2], ARGV[2] .. ARGV[i], ARGV[i + 1], ARGV[i + 2],
+             ARGV[i + 3], 'once', ARGV[3])
+    i = i + 4
+  end
+end
+return 1
+"""

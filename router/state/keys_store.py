@@ -32,6 +32,8 @@ without that, the calls in flight at the kill would shrink the key's budget for 
 give-back is recorded with the life's id (``<prefix>:held-life:<replica id>``), so a re-send
 after a lost reply cannot give back what the new life has reserved since. Journaled spend of
 the earlier life is then pushed as spend only (its reservations went back with the ledger).
+With ``state.sync_outcomes`` the outcome writer charges a call's settle (:meth:`defer_settle`)
+in the Lua step that stores its record, so a SIGKILL cannot leave one without the other.
 """
 
 from __future__ import annotations
@@ -190,6 +192,10 @@ class RedisKeyStore:
         self._acking = False
         self._journal = None
         self._push_lock = asyncio.Lock()
+        # settles handed to the outcome writer with their records (see defer_settle): op id
+        # -> (key, spent, reserved delta), counted in ``_pending`` until stored
+        self._deferred: dict[str, tuple[str, float, float]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         if state_dir is not None:
             from router.state.outcome_store import DiskBuffer
 
@@ -364,9 +370,46 @@ class RedisKeyStore:
             self._queue(key, 0.0, float(amount), "drop", op_id)
         return ok
 
-    async def _change(self, key: str, spent: float, reserved: float, journal: bool) -> None:
-        """Settle (``spent`` > 0) or release a reservation of ``reserved``, once."""
+    def settle_target(self) -> tuple[str, str, str]:
+        """(key prefix, op record prefix, held ledger): where a record's settles go."""
+        return f"{self.prefix}:key:", f"{self.prefix}:spend-op:", self._held
+
+    def defer_settle(self, key: str, reserved: float, actual: float) -> list[str]:
+        """A settle charged in the atomic step that stores its outcome record (the outcome
+        writer, :class:`~router.state.outcome_store.RedisOutcomeStore`), counted locally
+        until :meth:`settled`: the operation ``[op id, key hash, spent, reserved delta]``."""
         op_id = uuid.uuid4().hex
+        self._loop = asyncio.get_running_loop()
+        self._deferred[op_id] = (key, float(actual), -float(reserved))
+        p = self._pending[key]
+        p[0] += float(actual)
+        p[1] -= float(reserved)
+        return [op_id, key, repr(float(actual)), repr(-float(reserved))]
+
+    def _forget_deferred(self, op_ids: list[str]) -> None:
+        for op_id in op_ids:
+            op = self._deferred.pop(op_id, None)
+            if op is not None:
+                p = self._pending[op[0]]
+                p[0] -= op[1]
+                p[1] -= op[2]
+
+    def settled(self, op_ids: list[str]) -> None:
+        """The outcome writer stored these deferred settles (any thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._forget_deferred, op_ids)
+
+    async def asettle_op(self, op: list[str]) -> None:
+        """Charge a deferred settle whose record was never handed over (same op id: once,
+        also if its record reaches the store after all)."""
+        self._forget_deferred([op[0]])
+        await self._change(op[1], float(op[2]), -float(op[3]), journal=True, op_id=op[0])
+
+    async def _change(self, key: str, spent: float, reserved: float, journal: bool,
+                      op_id: str | None = None) -> None:
+        """Settle (``spent`` > 0) or release a reservation of ``reserved``, once."""
+        op_id = op_id or uuid.uuid4().hex
         if self._usable():
             try:
                 await self._ok()

@@ -9,6 +9,11 @@ merged in, duplicates removed).
 when a write fails the events go to the file (fsynced) and are flushed, in order, once the
 primary answers again, so an outage loses nothing. A flush that fails half way may write
 some events twice; ``records()`` deduplicates by request id.
+
+An outcome event may carry its call's key settles (``spend_ops``, with op ids; see
+:meth:`RedisOutcomeStore.settle_with_records`): the Redis store writes the record and charges
+them in one Lua script, each op once however often the batch is re-sent; buffered during an
+outage, they travel with their record.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ log = logging.getLogger("costroute.state")
 
 DB_NAME = "outcomes.sqlite"
 BUFFER_NAME = "outcome-buffer.jsonl"
+#: an outcome event's key settles, charged with it (``[op id, key hash, spent, reserved
+#: delta]`` each; router.state.keys_store), not part of the stored record
+SPEND_OPS = "spend_ops"
 
 
 class StoreUnavailable(Exception):
@@ -158,25 +166,53 @@ class RedisOutcomeStore:
     def __init__(self, url: str, stream: str = "costroute:outcomes",
                  maxlen: int | None = None) -> None:
         from router.state import redis_client
+        from router.state.keys_lua import RECORD
 
         self.url = url
         self.stream = stream
         self.maxlen = maxlen
         self.client = redis_client(url)
+        self._record = self.client.register_script(RECORD)
+        #: (key prefix, op record prefix, held ledger) of the key store whose settles the
+        #: records carry (``spend_ops``), see :meth:`settle_with_records`
+        self.spend_target: tuple[str, str, str] | None = None
+        #: called with the op ids of the settles once they are stored (or were before)
+        self.on_settled: Any = None
+        self._acked: list[str] = []
+
+    def settle_with_records(self, key_prefix: str, op_prefix: str, held: str,
+                            on_settled: Any = None) -> None:
+        """Charge the settles an event carries (``spend_ops``) in the step that stores it."""
+        self.spend_target = (key_prefix, op_prefix, held)
+        self.on_settled = on_settled
 
     def write(self, events: list[dict[str, Any]]) -> None:
-        if not events:
+        if not events and not self._acked:
             return
         import redis
 
+        from router.state.keys_store import ACKED_TTL, SPEND_ID_TTL
+
+        key_prefix, op_prefix, held = self.spend_target or ("", "", "")
+        acked = self._acked[:5000]
+        args: list[Any] = [key_prefix, op_prefix, SPEND_ID_TTL, ACKED_TTL, self.maxlen or 0,
+                           len(acked), *acked]
+        ids = []
+        for e in events:
+            ops = (e.get(SPEND_OPS) or ()) if self.spend_target else ()
+            body = {k: v for k, v in e.items() if k != SPEND_OPS}
+            args += [json.dumps(body, separators=(",", ":")), len(ops)]
+            for op in ops:
+                args += op
+                ids.append(op[0])
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for e in events:
-                pipe.xadd(self.stream, {"e": json.dumps(e, separators=(",", ":"))},
-                          maxlen=self.maxlen, approximate=True)
-            pipe.execute()
+            self._record(keys=[self.stream, held or f"{self.stream}:no-held"], args=args)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis at {self.url}: {exc}") from exc
+        del self._acked[:len(acked)]
+        self._acked += ids
+        if ids and self.on_settled is not None:
+            self.on_settled(ids)
 
     def ping(self) -> bool:
         try:
@@ -207,6 +243,9 @@ class RedisOutcomeStore:
         return merge_events(self.events())
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._acked:  # cut the expiry of the last settles' op records
+                self.write([])
         with contextlib.suppress(Exception):
             self.client.close()
 
@@ -306,6 +345,16 @@ class BufferedStore:
                             self.buffer.path, exc)
             self._down()
             self.buffer.append(events)
+
+    def adopt_earlier_life(self) -> None:
+        """Buffered settles of an earlier life of this replica are pushed as spend only:
+        its reservations go back with its held ledger (router.state.keys_store)."""
+        events = self.buffer.read()
+        if any(e.get(SPEND_OPS) for e in events):
+            for e in events:
+                for op in e.get(SPEND_OPS) or ():
+                    op[3] = "0"
+            self.buffer.replace(events)
 
     def _down(self) -> None:
         self.healthy = False
