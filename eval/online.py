@@ -58,7 +58,7 @@ DEFAULT_BUDGETS = (0.10, 0.25, 0.50)
 #: swap world, after the cold arm's start was fixed to an average model): 0.25, 0.819
 #: after the change, against 0.812 for None (= alpha) and 0.777/0.770/0.771 at 0.5/1/2.
 DEFAULT_PARAMS: dict[str, Any] = {
-    "alpha": 0.05, "prior_weight": 1.0, "reg": 100.0, "proj_dim": None, "knn_features": True,
+    "alpha": 0.0, "prior_weight": 1.0, "reg": 100.0, "proj_dim": None, "knn_features": True,
     "drift_threshold": 3.0, "drift_slack": 0.3, "drift_shrink": 0.1, "cost_threshold": 4.0,
     "confidence": 0.5, "cold_alpha": 0.25,
 }
