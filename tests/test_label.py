@@ -308,7 +308,9 @@ def test_failing_judge_keeps_the_paid_answers(own, tmp_path, capsys):
 
 def test_ctrl_c_writes_the_dataset_and_resumes(own, tmp_path):
     server, cfg = own
-    server.control("*", latency_ms=40)
+    # slow enough answers (90 calls, 2 at a time: ~9 s) that the interrupt lands mid-run
+    # even on a loaded machine (at 40 ms the run sometimes finished before the SIGINT)
+    server.control("*", latency_ms=200)
     prompts = write_prompts(tmp_path / "p.jsonl", 30)
     out, journal = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.journal"
     cmd = [sys.executable, "-m", "router", "data", "label", "--prompts", str(prompts),
