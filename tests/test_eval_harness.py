@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from eval import harness as H
+from policies import get_policy_class
 from router.dataset import RoutingDataset
 
 MODELS = ["small", "medium", "large"]
@@ -69,7 +70,7 @@ def test_policy_lists():
         H.parse_policies("single:model")
     default = H.default_policy_names()
     assert "oracle" in default and "single" not in default
-    assert all(not H.get_policy_class(n).online for n in default)
+    assert all(not get_policy_class(n).online for n in default)
 
 
 def test_references_and_oracle(split):
