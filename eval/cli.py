@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_SUBSET = Path("..") / "shared" / "datasets" / "routerbench-subset"
+from eval.context import EvalContext, align_models, default_data_path, load_data  # noqa: F401
+from eval.outputs import results_json, write_outputs
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -108,27 +105,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
 
 
-@dataclass
-class EvalContext:
-    """What an evaluation run has at hand; also what ``eval.online.run_online`` gets."""
-
-    args: argparse.Namespace
-    data_source: str
-    train: Any  # RoutingDataset
-    test: Any  # RoutingDataset
-    lams: np.ndarray
-    out: Path
-    encoder: Any = None  # router.encoding.encoder.Encoder or None
-    X_train: np.ndarray | None = None
-    X_test: np.ndarray | None = None
-    artifact_X: dict[int, np.ndarray] = field(default_factory=dict)  # own-encoder test X
-    skipped: dict[str, str] = field(default_factory=dict)  # policy label -> why
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def say(self, msg: str) -> None:
-        print(f"router eval: {msg}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
     from eval.harness import EvalError
     from router.cli import CLIError
@@ -169,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out}: exists and is not a directory")
 
-    ctx = _load_data(args, out)
+    ctx = load_data(args, out)
     ctx.timings["load_s"] = time.perf_counter() - t_start
     ctx.say(
         f"{ctx.train.name}: {len(ctx.train)} train / {len(ctx.test)} test queries, "
@@ -202,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         bar.close()
         ctx.timings["score_s"] = time.perf_counter() - t0
-    results = _results_json(ctx, evaluation, scores)
+    results = results_json(ctx, evaluation, scores)
 
     if args.online:  # bandit replay of the test stream (eval/online.py)
         try:
@@ -241,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         for line in explore.summary_lines(results["explore"]):
             print(line)
 
-    _write_outputs(ctx, results)
+    write_outputs(ctx, results)
     ctx.timings["total_s"] = time.perf_counter() - t_start
     results["timings"] = {k: round(v, 3) for k, v in ctx.timings.items()}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -281,76 +257,6 @@ def _run_loto(ctx: EvalContext, specs, artifacts, t_start: float) -> int:
         print(line)
     ctx.say(f"wrote report.md, results.json to {ctx.out}")
     return 0
-
-
-# ---- data -------------------------------------------------------------------------------
-def default_data_path() -> Path | None:
-    """../shared/datasets/routerbench-subset from the CWD, else from the repo root."""
-    for base in (Path.cwd(), REPO_ROOT):
-        candidate = base / SHARED_SUBSET
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
-
-
-def _load_data(args: argparse.Namespace, out: Path) -> EvalContext:
-    import router.datasets as D
-    from eval import harness as H
-    from router.cli import CLIError
-    from router.dataset import DatasetSplit
-
-    if args.data is None:
-        path = default_data_path()
-        if args.test is not None:
-            raise CLIError("--test needs --data")
-        args.data = str(path) if path is not None else D.DEMO
-        print(f"router eval: using data {args.data}"
-              + (" (the generated demo dataset)" if path is None else ""), file=sys.stderr)
-    if args.data == D.DEMO and not Path(args.data).exists():
-        source = D.DEMO
-        split = D.load_split(D.DEMO, test_fraction=args.test_fraction, seed=args.seed)
-    else:
-        if not Path(args.data).exists():
-            raise CLIError(f"--data {args.data}: no such file or directory")
-        source = str(Path(args.data).resolve())
-        if args.test is not None:
-            if not Path(args.test).exists():
-                raise CLIError(f"--test {args.test}: no such file or directory")
-            split = DatasetSplit(D.load_dataset(args.data), D.load_dataset(args.test))
-            source += f" + {Path(args.test).resolve()}"
-        else:
-            split = D.load_split(args.data, test_fraction=args.test_fraction, seed=args.seed)
-    train, test = split.train, _align_models(split.test, split.train.models)
-    if len(test) == 0:
-        raise CLIError(f"{test.name}: the test split is empty")
-    _, train_cost = train.eval_matrices()
-    lams = H.lam_grid(args.lams, train_cost if len(train) else test.eval_matrices()[1])
-    return EvalContext(args=args, data_source=source, train=train, test=test, lams=lams, out=out)
-
-
-def _align_models(test, models: list[str]):
-    """``test`` with its model columns in ``models`` order (same model set required)."""
-    from router.cli import CLIError
-    from router.dataset import RoutingDataset
-
-    if list(test.models) == list(models):
-        return test
-    if set(test.models) != set(models):
-        only_train = sorted(set(models) - set(test.models))
-        only_test = sorted(set(test.models) - set(models))
-        raise CLIError(
-            f"train and test model sets differ: only in train {only_train}, "
-            f"only in test {only_test}"
-        )
-    perm = [test.models.index(m) for m in models]
-    responses = None
-    if test.responses is not None:
-        responses = [[row[j] for j in perm] for row in test.responses]
-    return RoutingDataset(
-        name=test.name, prompts=test.prompts, tasks=test.tasks, models=list(models),
-        quality=test.quality[:, perm], cost=test.cost[:, perm], ids=test.ids,
-        responses=responses,
-    )
 
 
 # ---- policies ---------------------------------------------------------------------------
@@ -538,67 +444,3 @@ def _bar(total: int, desc: str, quiet: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="policy", disable=quiet or None, leave=False)
-
-
-# ---- outputs ----------------------------------------------------------------------------
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    from router import __version__
-
-    found: dict[str, str | None] = {"costroute": __version__}
-    for dist in ("numpy", "faiss-cpu", "torch", "sentence-transformers"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
-
-
-def _encoder_config(encoder) -> dict[str, Any] | None:
-    return None if encoder is None else encoder.config()
-
-
-def _results_json(ctx: EvalContext, evaluation, scores: dict[str, Any]) -> dict[str, Any]:
-    from eval.compare import requirement
-
-    test_tasks = {t: int((evaluation.tasks == t).sum()) for t in evaluation.task_names}
-    ref = evaluation.ref
-    return {
-        "dataset": {
-            "name": ctx.test.name,
-            "source": ctx.data_source,
-            "n_train": len(ctx.train),
-            "n_test": len(ctx.test),
-            "models": evaluation.models,
-            "test_tasks": test_tasks,
-        },
-        "seed": ctx.args.seed,
-        "bootstrap": ctx.args.bootstrap,
-        "ci_level": 0.95,
-        "cost_unit": "USD per query (mean over test queries)",
-        "lams": [float(v) for v in ctx.lams],
-        "encoder": _encoder_config(ctx.encoder),
-        "versions": _versions(),
-        "strong": ref.models[ref.strong],
-        "weak": ref.models[ref.weak],
-        "best_single": ref.models[ref.best],
-        "reference": evaluation.reference_json(),
-        "policies": scores,
-        "skipped": dict(ctx.skipped),
-        "vs_task_static": requirement(scores, evaluation.baseline_label()),
-    }
-
-
-def _write_outputs(ctx: EvalContext, results: dict[str, Any]) -> None:
-    from eval.report import write_report
-
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    write_report(results, ctx.out / "report.md")
-    if not ctx.args.no_plots:
-        from eval.plots import plot_pareto, plot_per_task
-
-        plot_pareto(results, ctx.out / "pareto.png")
-        plot_per_task(results, ctx.out / "per_task.png")
-    ctx.timings["outputs_s"] = time.perf_counter() - t0
