@@ -248,6 +248,17 @@ def default_demo_dataset() -> Path | None:
     return path if path.is_dir() else None
 
 
+def demo_params(name: str) -> dict[str, Any]:
+    """The demo's parameters for policy ``name``: the online replay's tuned bandit
+    (``eval.online.DEFAULT_PARAMS``, chosen on RouterBench-subset train replays) for
+    linucb, the policy's defaults otherwise."""
+    if name != "linucb":
+        return {}
+    from eval.online import DEFAULT_PARAMS
+
+    return dict(DEFAULT_PARAMS)
+
+
 def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None,
                latency_ms: float = 50.0, dataset: str | None = None, lam: float = 0.0,
                encoder: str = "minilm", encoder_backend: str = "auto",
@@ -297,8 +308,10 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
         if (art / "config.json").is_file():
             try:
                 policy = load_policy(str(art))
+                wanted = demo_params(name)
                 if (policy.meta_.get("dataset") != source or policy.models_ != train.models
-                        or policy.meta_.get("encoder") != encoder.config()):
+                        or policy.meta_.get("encoder") != encoder.config()
+                        or any(policy.get_params().get(k) != v for k, v in wanted.items())):
                     policy = None
             except Exception as exc:  # stale artifact of an older version: retrain
                 log.info("retraining the demo %s policy (%s)", name, exc)
@@ -306,7 +319,7 @@ def build_demo(state_dir: str | os.PathLike[str], policy_name: str | None = None
         if policy is None:
             log.info("training the demo %s policy on %s (%d prompts)", name, source,
                      len(train))
-            policy = make_policy(name)
+            policy = make_policy(name, **demo_params(name))
             policy.fit_dataset(train, X_train)
             policy.save(art, meta={"encoder": encoder.config(), "dataset": source})
             policy = load_policy(str(art))
