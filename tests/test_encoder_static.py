@@ -149,3 +149,26 @@ def test_router_eval_with_a_static_sentence_transformers_model(st_static_dir, tm
     results = json.loads((out / "results.json").read_text())
     assert np.isfinite(results["policies"]["knn"]["aiq"])
     assert results["encoder"]["model_name"] == str(st_static_dir.resolve())
+
+
+def _reference_pool(b: StaticBackend, ids: list[int]) -> np.ndarray:
+    """The pooling as first written (ndarray.mean, float32 sqrt), to compare bit for bit."""
+    ids = [i for i in ids if i != b._unk][: b.max_seq_length]
+    if not ids:
+        return np.zeros(b.dim, dtype=np.float32)
+    v = b.table[ids].mean(axis=0)
+    n = float(np.sqrt(v @ v))
+    return v / n if n > 1e-12 else v
+
+
+@pytest.mark.parametrize("unk", [None, 0])
+def test_static_pooling_is_bit_identical_to_the_mean(st_static_dir, unk):
+    b = StaticBackend(st_static_dir, max_seq_length=7)
+    b._unk = unk  # model2vec models drop their unknown token; StaticEmbedding keeps it
+    rng = np.random.default_rng(1)
+    vocab = b.table.shape[0]
+    for n in [0, 1, 2, 3, 7, 8, 30, *rng.integers(1, 40, 200)]:
+        ids = [int(i) for i in rng.integers(0, vocab, n)]
+        got = b._pool(ids)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, _reference_pool(b, ids))

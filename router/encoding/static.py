@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -291,11 +292,17 @@ class StaticBackend:
 
     # -- encoding ---------------------------------------------------------------------
     def _pool(self, ids: Sequence[int]) -> np.ndarray:
-        ids = [i for i in ids if i != self._unk][: self.max_seq_length]
+        if self._unk is not None:
+            ids = [i for i in ids if i != self._unk]
+        ids = list(ids[: self.max_seq_length])
         if not ids:
             return np.zeros(self.dim, dtype=np.float32)
-        v = self.table[ids].mean(axis=0)
-        n = float(np.sqrt(v @ v))
+        # the mean as ndarray.mean computes it (a float32 sum, divided in place) without
+        # its Python-level bookkeeping, which costs more than the sum for one short prompt
+        v = np.add.reduce(self.table[ids], axis=0)
+        v /= len(ids)
+        # float64 sqrt of a float32: the same float32 once ``v / n`` rounds n to float32
+        n = math.sqrt(v @ v)
         return v / n if n > 1e-12 else v
 
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:

@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+
+#: collector thresholds while serving: a young-generation pass every 50000 allocations
+#: instead of 700 (at 64 concurrent requests the default runs several per request, each
+#: walking every live request's objects); see :func:`tune_gc`
+SERVE_GC_THRESHOLD = (50_000, 20, 100)
+
+
+def tune_gc(threshold: tuple[int, int, int] = SERVE_GC_THRESHOLD) -> None:
+    """Freeze what start-up allocated (modules, config, model tables: never scanned again)
+    and run the cyclic collector less often. Only the collector's schedule changes:
+    reference counting frees as before, cycles are still collected, later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*threshold)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     port = cfg.server.port if args.port is None else args.port
     print(f"costroute gateway on http://{host}:{port}/v1 (models: "
           f"{', '.join(app.state.gateway.model_names()[:6])}...)")
+    tune_gc()
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False,
                 backlog=4096, timeout_graceful_shutdown=5)
     return 0

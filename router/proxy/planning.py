@@ -33,14 +33,14 @@ class Planner:
 
     def allowed(self, call: ChatCall) -> set[str]:
         """Backends whose worst case fits the key's budget, preferring those not cooling."""
-        names = self.pool.names()
-        if call.remaining is not None:
-            names = [n for n in names
-                     if self.pool[n].max_cost(call.prompt_tokens, call.max_out) <= call.remaining]
-            if not names:
-                raise APIError(402, f"Budget of key '{call.key.name}' exhausted: no backend's "
-                                    f"call fits the remaining ${call.remaining:.6f}.",
-                               code="budget_exceeded")
+        if call.remaining is None:  # every backend fits: only cooldowns matter
+            return self.pool.available() or set(self.pool.backends)
+        names = [n for n in self.pool.names()
+                 if self.pool[n].max_cost(call.prompt_tokens, call.max_out) <= call.remaining]
+        if not names:
+            raise APIError(402, f"Budget of key '{call.key.name}' exhausted: no backend's "
+                                f"call fits the remaining ${call.remaining:.6f}.",
+                           code="budget_exceeded")
         affordable = set(names)
         allowed = affordable & self.pool.available()
         return allowed or affordable  # everything cooling down: try anyway rather than refuse

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Estimate, Policy, PolicyError, check_lam, decision_from_estimate
+from policies.base import Estimate, Policy, PolicyError, check_lam, choose
 from router.exploration import DEFAULT_SHARE, ExplorationGate, choices
 
 ROUTED_PREFIX = "router-"
@@ -381,8 +381,9 @@ class Router:
         ordered: list[Candidate] = []
         explored = None
         if mask.any():
-            dec = decision_from_estimate(est, models, lam=lam, budget=budget, allowed=mask)
-            first = dec.index
+            # the shared choice rule (what decision_from_estimate picks, without its
+            # runner-up and score dict, which nothing here reads)
+            first = int(choose(q[None], c[None], lam=lam, budget=budget, allowed=mask)[0])
             if bandit is not None:
                 ch = choices(q, bonus, c, lam, budget, mask)
                 explored = served.gate.decide(ch.differs)
