@@ -45,8 +45,10 @@ CANDIDATES: list[tuple[float, Forgetting, float]] = [
     (0.05, DETECT, 0.5),
     # a cost change needs a stronger signal: at cost_threshold 2 the cost detector fired in
     # a stationary train replay (a kNN-features prior at 50% budget, -0.010 accuracy)
-    (0.0, Forgetting(threshold=3.0, slack=0.3, shrink=0.1, cost_threshold=4.0,
-                     cost_slack=0.5), 0.5),
+    # quality detector thresholds below 2 were tried: 1 fires in stationary train replays
+    # (-0.025), 1.5 in the synthetic worlds of tests/test_bandit_drift.py (eval.online)
+    *[(0.0, Forgetting(threshold=t, slack=0.3, shrink=0.1, cost_threshold=4.0,
+                       cost_slack=0.5), 0.5) for t in (3.0, 2.0)],
 ]
 WORLDS = ("stationary", "degrade", "price")
 #: the optimism of a backend without train outcomes, tried on the train swap world
