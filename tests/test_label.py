@@ -308,17 +308,18 @@ def test_failing_judge_keeps_the_paid_answers(own, tmp_path, capsys):
 
 def test_ctrl_c_writes_the_dataset_and_resumes(own, tmp_path):
     server, cfg = own
-    # slow enough answers (90 calls, 2 at a time: ~9 s) that the interrupt lands mid-run
-    # even on a loaded machine (at 40 ms the run sometimes finished before the SIGINT)
-    server.control("*", latency_ms=200)
+    server.control("*", latency_ms=40)
     prompts = write_prompts(tmp_path / "p.jsonl", 30)
     out, journal = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.journal"
     cmd = [sys.executable, "-m", "router", "data", "label", "--prompts", str(prompts),
            "--config", str(cfg), "--out", str(out), "--grader", "number", "--quiet",
            "--models", ",".join(MODELS), "--concurrency", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGINT at its default in the child even when pytest itself runs as a background job
+    # (a shell starts those with SIGINT ignored, which the child would inherit)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (journal.exists()
                                                and len(journal_answers(journal)) >= 10):
