@@ -22,6 +22,7 @@ from policies._priors import kfold
 
 FOLDS = 5
 SUBDIR = "knn_features"  # the kNN's artifact, inside the bandit's artifact directory
+CENTER = "bandit_center"  # the columns' train means, in the kNN artifact's metadata
 
 
 class KNNFeatures:
@@ -70,21 +71,23 @@ class KNNFeatures:
         return _widen(_quality(sub, data.X[query]), self.cols, self.width) - self.center
 
     def save(self, path: Path) -> None:
-        self.knn.save(Path(path) / SUBDIR)
+        """The kNN's artifact in ``path``/knn_features, the centre in its metadata."""
+        self.knn.save(Path(path) / SUBDIR, meta={CENTER: self.center.tolist()})
 
+    @classmethod
+    def load(cls, path: Path, models: list[str]) -> KNNFeatures:
+        """What :meth:`save` wrote in the bandit's artifact ``path`` (bandit ``models``)."""
+        from policies.base import ArtifactError, Policy
+        from policies.knn import KNNPolicy
 
-def load_knn(path: Path, models: list[str]) -> Any:
-    """The kNN saved by :meth:`KNNFeatures.save` in the bandit's artifact ``path``."""
-    from policies.base import ArtifactError, Policy
-    from policies.knn import KNNPolicy
-
-    sub = Path(path) / SUBDIR
-    if not sub.is_dir():
-        raise ArtifactError(f"{path}: knn_features is set but {SUBDIR}/ is missing")
-    knn = Policy.load(sub)
-    if not isinstance(knn, KNNPolicy) or not set(knn.models_) <= set(models):
-        raise ArtifactError(f"{sub}: not a kNN over the bandit's models {models}")
-    return knn
+        sub = Path(path) / SUBDIR
+        if not sub.is_dir():
+            raise ArtifactError(f"{path}: knn_features is set but {SUBDIR}/ is missing")
+        knn = Policy.load(sub)
+        center = knn.meta_.get(CENTER) if isinstance(knn, KNNPolicy) else None
+        if center is None or len(center) != len(models) or not set(knn.models_) <= set(models):
+            raise ArtifactError(f"{sub}: not a kNN over the bandit's models {models}")
+        return cls(knn, np.asarray(center), np.array([models.index(m) for m in knn.models_]))
 
 
 def _refit(knn: Any, X: np.ndarray, quality: np.ndarray, cost: np.ndarray,

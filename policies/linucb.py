@@ -366,7 +366,10 @@ class LinUCBPolicy(Policy):
         """
         if not self.is_fitted:
             raise PolicyError("linucb: not fitted (call fit or load an artifact)")
-        Z = self.features(X)
+        return self._parts(self.features(X))
+
+    def _parts(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict_parts` from bandit features Z (n, k+1)."""
         with self.store.read() as st:
             mean = Z @ st.theta().T
             quad = (np.matmul(st.A_inv, Z.T) * Z.T[None]).sum(axis=1)  # (m, n) z^T A^-1 z
@@ -387,9 +390,12 @@ class LinUCBPolicy(Policy):
     def estimates(self, X: np.ndarray) -> BanditEstimate:
         """What serving decides on: posterior means in [0, 1] (backed off toward the train
         means far from the training prompts), the optimism bonus apart, and costs."""
-        mean, width, cost = self.predict_parts(X)
+        if not self.is_fitted:
+            raise PolicyError("linucb: not fitted (call fit or load an artifact)")
+        Z = self.features(X)  # once: with knn_features it runs a kNN search
+        mean, width, cost = self._parts(Z)
         fam, weight = self.backoff_weight(X)
-        mean = np.clip(self.gated_mean(X, mean, width), 0.0, 1.0)
+        mean = np.clip(self.gated_mean(Z, mean, width), 0.0, 1.0)
         if weight.any():
             mean = blend(mean, self.fallback_target(), weight)
         return BanditEstimate(mean, self._alphas() * width,
@@ -403,8 +409,9 @@ class LinUCBPolicy(Policy):
             return alpha
         return np.where(n == 0, float(cold), alpha)
 
-    def gated_mean(self, X: np.ndarray, mean: np.ndarray, width: np.ndarray) -> np.ndarray:
-        """The posterior ``mean`` (n, m) moved back toward the frozen prior's mean by
+    def gated_mean(self, Z: np.ndarray, mean: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """The posterior ``mean`` (n, m) at bandit features ``Z`` (:meth:`features`) moved
+        back toward the frozen prior's mean by
         ``confidence * width``: only the confident part of the online change is kept.
         An arm whose change detector has fired (the store's ``resets``) is not gated: the
         prior no longer describes it."""
@@ -414,7 +421,7 @@ class LinUCBPolicy(Policy):
             return mean
         with self.store.read() as st:
             changed = np.asarray(st.resets if st.resets is not None else 0) > 0
-        base = self.features(X) @ prior.T
+        base = Z @ prior.T
         diff = mean - base
         gated = base + np.sign(diff) * np.maximum(np.abs(diff) - kappa * width, 0.0)
         return np.where(changed, mean, gated)
@@ -440,8 +447,6 @@ class LinUCBPolicy(Policy):
             arrays["prior_theta"] = self.prior_theta_
         if self.familiarity_ is not None:
             arrays.update(self.familiarity_.arrays())
-        if getattr(self, "knn_", None) is not None:
-            arrays["knn_center"] = self.knn_.center
         return arrays, {"version": state.version, "fingerprint": state.fingerprint,
                         "fallback": self.fallback_.meta()}
 
@@ -457,15 +462,6 @@ class LinUCBPolicy(Policy):
         self._store = EmbeddedBanditStore()
         self._store.initialize(state)
         self.prior_theta_ = arrays.get("prior_theta")  # older artifacts: no gate
-        if self.knn_features:
-            if "knn_center" not in arrays or getattr(self, "_knn_loaded", None) is None:
-                raise ArtifactError("linucb: knn_features is set but the artifact has no kNN")
-            from policies._knn_features import KNNFeatures
-
-            cols = [self.models_.index(m) for m in self._knn_loaded.models_]
-            self.knn_ = KNNFeatures(self._knn_loaded, arrays["knn_center"], np.asarray(cols))
-        else:
-            self.knn_ = None
         self._set_fallback_state(arrays, meta, state.n_arms)
 
     def _save_files(self, path) -> None:
@@ -473,11 +469,11 @@ class LinUCBPolicy(Policy):
             self.knn_.save(path)
 
     def _load_files(self, path) -> None:
-        self._knn_loaded = None
+        self.knn_ = None
         if self.knn_features:
-            from policies._knn_features import load_knn
+            from policies._knn_features import KNNFeatures
 
-            self._knn_loaded = load_knn(path, self.models_)
+            self.knn_ = KNNFeatures.load(path, self.models_)
 
     def _set_fallback_state(self, arrays, meta, m: int) -> None:
         """The fallback's parts; artifacts written before it had none (never falls back)."""
