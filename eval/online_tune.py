@@ -187,8 +187,9 @@ def tune_prior(train: Split, models: list[str], params: dict[str, Any],
     from eval.online import decision_values
 
     rows = []
+    candidates = candidates or PRIOR_CANDIDATES
     cuts = [fit_replay(train, seed + r) for r in range(replays)]
-    for cand in candidates or PRIOR_CANDIDATES:
+    for cand in candidates:
         runs = []
         for r, (fit, rep) in enumerate(cuts):
             prior = LinUCBPolicy(**{**params, **cand, "alpha": 0.0}).fit(
@@ -205,8 +206,7 @@ def tune_prior(train: Split, models: list[str], params: dict[str, Any],
         rows.append(row)
         say(f"prior {cand}: frozen stationary accuracy {row['quality']:.4f}")
     best = max(rows, key=lambda r: r["quality"])
-    return {"candidates": rows, "chosen": {k: best[k] for k in (candidates or
-                                                                PRIOR_CANDIDATES)[0]}}
+    return {"candidates": rows, "chosen": {k: best[k] for k in candidates[0]}}
 
 
 def tune_cold(train: Split, models: list[str], params: dict[str, Any], fractions: list[float],
@@ -293,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
               "drift_slack": f["slack"], "drift_shrink": f["shrink"],
               "cost_threshold": f["cost_threshold"], "cost_slack": f["cost_slack"]}
     result["cold"] = tune_cold(Split(X, train.quality, train.cost, list(train.tasks)), models,
-                               bandit, [float(b) for b in args.budgets.split(",")], ref,
-                               seed=args.seed, replays=args.replays)
+                               bandit, fractions, ref, seed=args.seed, replays=args.replays)
     chosen["cold_alpha"] = result["cold"]["chosen"]
     if prior_table is not None:
         result["prior"] = prior_table
