@@ -1,4 +1,4 @@
-"""Lua scripts of :class:`router.state.keys_store.RedisKeyStore` (each one atomic in Redis).
+"""Lua scripts of :class:`router.state.keys_redis.RedisKeyStore` (each one atomic in Redis).
 
 Every script that changes a key's spend or reservations takes an operation id and records
 it (``<prefix>:spend-op:<id>``) in the same step, so a re-sent operation is applied once.
