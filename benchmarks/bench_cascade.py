@@ -6,6 +6,8 @@ router, cscr, on the train embeddings, cached on disk) and the lam grid is `rout
 ``auto`` grid from the train costs. Printed per cascade policy, from the recorded test
 responses:
 
+0. per answer-aware kind, the train (in-sample) hull of every candidate plan of the search,
+   with the best plan inside each hull segment (a plan off the hull is never chosen);
 1. overall: the cheapest sweep point reaching gpt-4's test accuracy (and the hull's cost
    to reach it, i.e. mixing two neighbouring plans), against the $2.00 / $1.50 per 1k
    targets, plus the sweep points around it;
@@ -14,7 +16,8 @@ responses:
 3. (unless ``--no-aiq``) a full ``router eval`` with the cascade, task-static and the
    prompt-only learned policies (knn, mlp, routerdc, cscr; embeddings cached on disk):
    AIQ of each with its bootstrap interval, and each cascade's paired AIQ difference
-   against the best prompt-only policy.
+   against the best prompt-only policy, by cost segment of AIQ's range (where it gains or
+   loses), and that of the joint hull of both curves.
 
     python benchmarks/bench_cascade.py [--data DIR] [--policies cascade,cascade-routed]
                                        [--no-aiq] [--bootstrap N]
@@ -77,6 +80,52 @@ def embeddings(train, test) -> tuple[np.ndarray, np.ndarray]:
                  for d in (train, test))  # type: ignore[return-value]
 
 
+def candidate_frontier(policy, train) -> list[str]:
+    """Per answer-aware kind: the train (in-sample) hull of *every* candidate plan of the
+    search, and per hull segment the best candidate strictly inside it (how far below the
+    chord): a plan off these vertices is never chosen at any lam, however fine the grid."""
+    from eval import metrics as M
+    from policies import answers as A
+    from policies._priors import fill_cost
+    from policies.cascade import CascadePlan
+    from policies.cascade_search import Table, _named, kind_candidates
+
+    quality, cost = train.eval_matrices()
+    kinds = [A.infer_kind(p) for p in train.prompts]
+    out = []
+    for kind, info in policy.search_["kinds"].items():
+        if kind not in A.KINDS or info.get("level", 1) < 2:
+            continue
+        idx = np.flatnonzero(np.asarray(kinds) == kind)
+        t = Table.build([kinds[i] for i in idx], [train.responses[i] for i in idx],
+                        np.nan_to_num(quality[idx], nan=0.0), fill_cost(cost[idx]))
+        cand, _, _ = kind_candidates(t, kind, folds=int(policy.folds),
+                                     max_first=int(policy.max_first), seed=int(policy.seed),
+                                     lazy=bool(policy.lazy))
+        q, c = cand.q_fold.sum(axis=1) / len(idx), cand.c_fold.sum(axis=1) / len(idx)
+        hull = M.pareto_hull(c, q)
+        best = int(np.argmax(t.quality.mean(axis=0)))
+        out.append(f"  kind {kind}: train hull of all {len(q)} candidate plans (in sample; "
+                   f"best single {train.models[best].rsplit('/', 1)[-1]} "
+                   f"{t.quality[:, best].mean():.4f}, best plan {q.max():.4f}):")
+        def desc(i: int, kind: str = kind, stages: list = cand.stages) -> str:
+            return CascadePlan(kind, _named(stages[i], train.models)).describe()
+
+        for k, (hc, hq) in enumerate(hull):
+            i = int(np.flatnonzero((np.abs(c - hc) < 1e-12) & (np.abs(q - hq) < 1e-12))[0])
+            line = f"    {_k(hc)} {hq:.4f}  {desc(i)}"
+            if k + 1 < len(hull):
+                (c0, q0), (c1, q1) = hull[k], hull[k + 1]
+                inside = (c > c0 + 1e-12) & (c < c1 - 1e-12)
+                if inside.any():
+                    gap = q - (q0 + (c - c0) * (q1 - q0) / (c1 - c0))
+                    j = int(np.flatnonzero(inside)[np.argmax(gap[inside])])
+                    line += (f"\n      best plan inside the next segment: {_k(c[j])} "
+                             f"{q[j]:.4f} ({gap[j]:+.4f} to the chord) {desc(j)}")
+            out.append(line)
+    return out
+
+
 def offline(data: Path, name: str) -> None:
     from eval.cascades import replay
     from eval.harness import lam_grid, needs_embeddings
@@ -106,6 +155,7 @@ def offline(data: Path, name: str) -> None:
     for kind, info in policy.search_["kinds"].items():
         print(f"  kind {kind}: {info['rows']} train rows, {info['candidates']} candidate plans, "
               f"cross-validated family level {info['level']}")
+    print("\n".join(candidate_frontier(policy, train)))
 
     q, c = out.quality.mean(axis=1), out.cost.mean(axis=1)
     q4, c4 = float(quality[:, g].mean()), float(cost[:, g].mean())
@@ -157,8 +207,45 @@ def aiq(data: Path, bootstrap: int, cascades: str) -> None:
               f"[{ci[0]:+.4f}, {ci[1]:+.4f}] -> interval above 0: "
               f"{'yes' if ci[0] > 0 else 'NO'}")
         print(f"   matched costs: {cmp['summary']}")
+        print("\n".join(aiq_segments(results, name, cmp["baseline"])))
         ts = results["policies"][name]["vs_task_static"]
         print(f"   vs task-static: {ts['summary']}")
+
+
+def aiq_segments(results: dict, name: str, base: str) -> list[str]:
+    """Where along AIQ's cost range (the single models' mean costs, cheapest to dearest)
+    policy ``name`` gains or loses AIQ against ``base``, by runs of cost where the
+    difference keeps one sign (split at both hulls' vertices); and the AIQ difference of the two curves' joint hull (the
+    most that mixing operating points of both could add)."""
+    from eval import metrics as M
+
+    lo, hi = results["reference"]["cost_range"]
+
+    def hull(label: str) -> np.ndarray:
+        curve = results["policies"][label]["curve"]
+        return M.pareto_hull(np.array([p["cost"] for p in curve]),
+                             np.array([p["quality"] for p in curve]))
+
+    h, b = hull(name), hull(base)
+    edges = np.unique(np.clip(np.concatenate(([lo], h[:, 0], b[:, 0], [hi])), lo, hi))
+    parts = M.aiq_difference_by_segment(h, b, edges)
+    sign = np.sign(np.where(np.abs(parts) < 1e-6, 0.0, parts))
+    for k in range(1, sign.size):  # a negligible segment joins the run before it
+        if sign[k] == 0:
+            sign[k] = sign[k - 1]
+    keep = np.concatenate(([True], sign[1:] != sign[:-1], [True]))  # merge same-sign runs
+    edges = edges[keep]
+    parts = M.aiq_difference_by_segment(h, b, edges)
+    out = [f"   AIQ cost range {_k(lo)}..{_k(hi)} (cheapest..dearest single model); "
+           f"{name} - {base} by cost segment (runs of one sign):"]
+    for a, z, d in zip(edges[:-1], edges[1:], parts, strict=True):
+        qa, qz = (float(M.hull_value(x, z)) for x in (h, b))
+        out.append(f"     {_k(a):>12} .. {_k(z):<12} ({(z - a) / (hi - lo):4.0%} of the range) "
+                   f"{d:+.5f}   at {_k(z)}: {qa:.4f} vs {qz:.4f}")
+    joint = M.pareto_hull(np.concatenate([h[:, 0], b[:, 0]]), np.concatenate([h[:, 1], b[:, 1]]))
+    out.append(f"     sum {parts.sum():+.5f}; joint hull of both curves - {base}: "
+               f"{M.aiq(joint, lo, hi) - M.aiq(b, lo, hi):+.5f}")
+    return out
 
 
 def main() -> None:

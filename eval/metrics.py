@@ -166,6 +166,22 @@ def hull_difference(hull: np.ndarray, base: np.ndarray, costs: np.ndarray) -> np
     return hull_value(hull, costs, below=nan) - hull_value(base, costs, below=nan)
 
 
+def aiq_difference_by_segment(hull: np.ndarray, base: np.ndarray,
+                              edges: np.ndarray) -> np.ndarray:
+    """Where along the cost axis ``hull`` gains or loses AIQ against ``base``: per
+    segment ``[edges[i], edges[i+1]]``, the area between the two hulls divided by the
+    whole range ``edges[-1] - edges[0]`` (as :func:`aiq`). With edges running from
+    ``c_min`` to ``c_max`` the segments sum to ``aiq(hull) - aiq(base)``."""
+    edges = np.asarray(edges, dtype=np.float64).reshape(-1)
+    if edges.size < 2 or (np.diff(edges) < 0).any():
+        raise ValueError("edges must be at least two non-decreasing costs")
+    width = float(edges[-1] - edges[0])
+    if width <= _EPS * max(1.0, abs(float(edges[-1]))):
+        return np.zeros(edges.size - 1)
+    return np.array([(area_under_hull(hull, a, b) - area_under_hull(base, a, b)) / width
+                     for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)])
+
+
 def max_quality(cost: np.ndarray, quality: np.ndarray) -> tuple[float, float]:
     """Best quality among the points, and the lowest cost at which it is reached."""
     hull = pareto_hull(cost, quality)

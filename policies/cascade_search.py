@@ -287,14 +287,8 @@ def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]]
     for kind, idx in groups.items():
         if len(idx) < folds:
             continue
-        t = table.rows(idx)
-        prefer = _preference(t.quality, t.cost)
-        rank = np.empty(len(models), dtype=np.int64)
-        rank[prefer] = np.arange(len(models))
-        parts = kfold(len(idx), folds, seed)
-        graded = kind in A.GRADED_KINDS  # the all-kinds fallback keeps exact agreement
-        cand = Candidates.merge([score_candidates(t, rank, parts, max_first, tau, lazy)
-                                 for tau in (THRESHOLDS if graded else (1.0,))])
+        cand, prefer, parts = kind_candidates(table.rows(idx), kind, folds=folds,
+                                              max_first=max_first, seed=seed, lazy=lazy)
         sizes = np.array([len(p) for p in parts])
         chosen, sel = select(cand, sizes, lams)
         prefer_names = tuple(models[j] for j in prefer)
@@ -305,6 +299,21 @@ def search_plans(kinds: Sequence[str], responses: Sequence[Sequence[str | None]]
             plans[ALL_SINGLE] = _choices(cand, single, lams, kind, prefer_names, models,
                                          len(idx))
     return plans, info
+
+
+def kind_candidates(t: Table, kind: str, *, folds: int = 5, max_first: int = 3,
+                    seed: int = 0, lazy: bool = True
+                    ) -> tuple[Candidates, np.ndarray, list[np.ndarray]]:
+    """Every candidate plan of one kind's train rows ``t``, scored per fold, with the
+    model preference order (columns, best first) and the folds."""
+    prefer = _preference(t.quality, t.cost)
+    rank = np.empty(t.codes.shape[1], dtype=np.int64)
+    rank[prefer] = np.arange(t.codes.shape[1])
+    parts = kfold(t.codes.shape[0], folds, seed)
+    graded = kind in A.GRADED_KINDS  # the all-kinds fallback keeps exact agreement
+    cand = Candidates.merge([score_candidates(t, rank, parts, max_first, tau, lazy)
+                             for tau in (THRESHOLDS if graded else (1.0,))])
+    return cand, prefer, parts
 
 
 def _choices(cand: Candidates, chosen: np.ndarray, lams: np.ndarray, kind: str,

@@ -133,6 +133,23 @@ def test_apgr_undefined_when_strong_is_not_better():
     assert M.gap_defined(WEAK, STRONG) is None
 
 
+def test_aiq_difference_by_segment_hand_worked_and_sums_to_the_aiq_difference():
+    hull = hull_of([(1, 0.5), (3, 0.8)])
+    base = hull_of([(1, 0.5), (5, 0.86)])
+    # [1,3]: hull 1.3 - base (0.5 + 0.68) = 0.12; [3,5]: hull 1.6 - base (0.68 + 0.86) = 0.06
+    parts = M.aiq_difference_by_segment(hull, base, np.array([1.0, 3.0, 5.0]))
+    assert parts == pytest.approx([0.12 / 4, 0.06 / 4])
+    # base better late: the segment past 4 loses
+    late = M.aiq_difference_by_segment(hull, base, np.array([1.0, 4.0, 5.0]))
+    assert late[1] < 0 < late[0]
+    edges = np.array([1.0, 1.7, 2.2, 3.0, 4.4, 5.0])
+    assert M.aiq_difference_by_segment(hull, base, edges).sum() == pytest.approx(
+        M.aiq(hull, 1.0, 5.0) - M.aiq(base, 1.0, 5.0))
+    assert M.aiq_difference_by_segment(hull, hull, edges) == pytest.approx(np.zeros(5))
+    with pytest.raises(ValueError):
+        M.aiq_difference_by_segment(hull, base, np.array([3.0, 1.0]))
+
+
 def test_cost_to_reach_and_quality_at_cost():
     hull = hull_of([(1, 0.5), (3, 0.8)])
     assert M.cost_to_reach(hull, 0.65) == pytest.approx(2.0)

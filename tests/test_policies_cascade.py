@@ -139,6 +139,32 @@ def test_candidate_sums_match_simulate() -> None:
         np.testing.assert_allclose(cand.c_fold[p], [c[f].sum() for f in folds])
 
 
+def test_kind_candidates_scores_the_search_family_of_one_kind() -> None:
+    """kind_candidates (the search's per-kind step, also used by bench_cascade.py): best
+    model first, folds partition the rows, exact agreement for letters and every
+    threshold of the grid for code, sums as simulate's."""
+    from policies.cascade_search import THRESHOLDS, kind_candidates
+
+    rng = np.random.default_rng(5)
+    n, m = 60, 4
+    responses = [[str(rng.choice(list("AB"))) for _ in range(m)] for _ in range(n)]
+    quality = (rng.random((n, m)) < np.array([0.5, 0.9, 0.6, 0.7])).astype(float)
+    table = Table.build(["mc"] * n, responses, quality, rng.random((n, m)))
+    cand, prefer, parts = kind_candidates(table, "mc", folds=3, max_first=2, seed=1)
+    assert prefer[0] == int(np.argmax(quality.mean(axis=0)))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(n))
+    assert set(cand.threshold.tolist()) == {1.0}
+    rank = np.empty(m, dtype=np.int64)
+    rank[prefer] = np.arange(m)
+    for p in range(0, len(cand.stages), 7):
+        q, _, _ = simulate(table, cand.stages[p], rank)
+        np.testing.assert_allclose(cand.q_fold[p], [q[f].sum() for f in parts])
+    code = Table.build(["code"] * n, [["def f(): return 1"] * m] * n, quality,
+                       np.ones((n, m)))
+    graded, _, _ = kind_candidates(code, "code", folds=3, max_first=2)
+    assert set(graded.threshold.tolist()) == set(THRESHOLDS)
+
+
 def test_compares_says_whether_a_plan_ever_checks_agreement() -> None:
     one = CascadeStage(("a",), 1)
     assert PAIR.compares
