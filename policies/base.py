@@ -440,14 +440,13 @@ def decision_from_estimate(
     allowed: np.ndarray | None = None,
 ) -> RouteDecision:
     """Single-query decision with runner-up, from a (1, m) estimate."""
-    q, c = est.quality[0], est.cost[0]
-    idx = int(choose(q[None], c[None], lam=lam, budget=budget, allowed=allowed)[0])
+    from policies._choose_one import choose_one, runner_up
+
+    q = np.asarray(est.quality, dtype=np.float64)[0]
+    c = np.asarray(est.cost, dtype=np.float64)[0]
+    idx = choose_one(q, c, lam=lam, budget=budget, allowed=allowed)
     score = q - check_lam(lam) * c
-    masked = score.copy()
-    masked[idx] = -np.inf
-    if allowed is not None:
-        masked[~np.asarray(allowed, dtype=bool).reshape(-1)] = -np.inf
-    runner = int(np.argmax(masked)) if np.isfinite(masked).any() else None
+    runner = runner_up(score, idx, allowed)
     return RouteDecision(
         model=models[idx],
         index=idx,

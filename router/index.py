@@ -315,6 +315,15 @@ class VectorIndex:
         scores = dist if self.metric == "ip" else -dist
         return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
+    def search_checked(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` for one query row the caller has checked (finite float32, (1, dim),
+        1 <= k <= len(self)): an exact CPU index answers it directly (it never misses a
+        neighbour, so none of search's checks and widening apply); others go to search."""
+        if self.built_kind != "flat" or self.on_gpu or len(query) != 1:
+            return self.search(query, k)
+        dist, ids = self._index.search(query, k)
+        return (dist if self.metric == "ip" else -dist), ids
+
     def _search(self, q: np.ndarray, k: int, widen: int) -> tuple[np.ndarray, np.ndarray]:
         index = self._index
         if self.built_kind == "hnsw":

@@ -362,7 +362,7 @@ class Encoder:
                 self.stats.requested += 1
                 self.stats.misses += 1
                 self.stats.encoded += 1
-            return _normalise(vec)[0]
+            return _normalise_one(vec[0])
         return self.encode([text])[0]
 
     # -- configuration ----------------------------------------------------------------
@@ -423,6 +423,16 @@ def _normalise(vecs: np.ndarray) -> np.ndarray:
         raise EncoderError("the model produced non-finite embeddings")
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     return vecs / np.maximum(norms, np.float32(1e-12))
+
+
+def _normalise_one(vec: np.ndarray) -> np.ndarray:
+    """``_normalise(vec[None])[0]`` for one (dim,) row, in 3 numpy calls: the same float32
+    sum of squares (a finite one means every value is finite), sqrt and division."""
+    vec = vec.astype(np.float32, copy=False)
+    norm = np.sqrt(np.add.reduce(vec * vec))
+    if not np.isfinite(norm):
+        return _normalise(vec[None])[0]
+    return vec / max(norm, np.float32(1e-12))
 
 
 def embed_dataset(ds: RoutingDataset, encoder: Encoder, progress: bool = True) -> np.ndarray:

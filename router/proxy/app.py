@@ -40,7 +40,7 @@ from router.proxy.cascade import CascadeExecutor
 from router.proxy.config import ConfigError, GatewayConfig
 from router.proxy.execution import SingleCallExecutor
 from router.proxy.feedback import FeedbackDesk
-from router.proxy.guard import AuthGate, openapi_schema, request_body
+from router.proxy.guard import AuthGate, GatewayApp, openapi_schema, request_body
 from router.proxy.keys import KeyManager
 from router.proxy.loading import load_policies
 from router.proxy.metrics import Metrics
@@ -385,8 +385,8 @@ def create_app(cfg: GatewayConfig, **gateway_kwargs: Any) -> FastAPI:
         finally:
             await gw.stop()
 
-    app = FastAPI(title="costroute gateway", version="0.1.0", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+    app = GatewayApp(title="costroute gateway", version="0.1.0", lifespan=lifespan,
+                     docs_url="/docs", redoc_url=None)
     app.state.gateway = gw
     err_responses = {s: {"model": ErrorResponse} for s in (400, 401, 402, 404, 413, 429, 502,
                                                            504)}
@@ -475,5 +475,6 @@ def create_app(cfg: GatewayConfig, **gateway_kwargs: Any) -> FastAPI:
     app.openapi = lambda: openapi_schema(app, body_defs)  # every $ref resolves
     add_ui_routes(app, gw)
     app.add_middleware(AuthGate, keys=gw.keys)
+    app.chat_lane(gw.keys, gw.chat, _error_response)  # the chat route without the stack
     return app
 

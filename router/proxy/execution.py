@@ -100,7 +100,7 @@ class SingleCallExecutor:
             attempts.append({"model": backend.name, "error": None})
             rec["model"] = backend.name
             if plan.policy is not None and cand.score is not None:
-                gw.metrics.decisions.labels(plan.policy, backend.name).inc()
+                gw.metrics.child(gw.metrics.decisions, plan.policy, backend.name).inc()
             if isinstance(result, StreamResult):
                 return gw.responder.stream_response(result, rec, plan, cand, hold, t0, t_call,
                                                     upstream_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -16,10 +18,15 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1)
 
 
+#: labelled children remembered by Metrics.child (label sets are few: backends, keys, kinds)
+MAX_CHILDREN = 4096
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = CollectorRegistry()
         self.requests = Counter("costroute_requests", "Chat completion requests",
                                 ["kind", "status"], registry=r)
@@ -62,6 +69,17 @@ class Metrics:
                                       registry=r)
         self.cooldown = Gauge("costroute_backend_cooldown", "1 while a backend is on cooldown",
                               ["model"], registry=r)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: the per-request path looks each child up
+        in one dict instead of prometheus_client's checks and lock."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*values)
+            if len(self._children) < MAX_CHILDREN:
+                self._children[key] = found
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

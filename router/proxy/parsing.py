@@ -13,6 +13,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from router.proxy.backends import estimate_prompt_tokens, jloads
+from router.proxy.guard import KEY_SCOPE
 from router.proxy.keys import KeyInfo
 from router.proxy.outcomes import prompt_hash
 from router.proxy.routing import Target, parse_model
@@ -56,7 +57,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def parse_chat(gw: Gateway, request: Request, rec: dict[str, Any]) -> ChatCall:
     """Authenticate (and rate-limit) the key, validate the body, resolve the target."""
     cfg = gw.cfg
-    key = gw.keys.authenticate(request.headers)
+    key = request.scope.get(KEY_SCOPE)  # the key gate's (router.proxy.guard)
+    if key is None:
+        key = gw.keys.authenticate(request.headers)
     rec["key_id"] = key.id
     rec["key_name"] = key.name
     await gw.keys.check_rate(key)

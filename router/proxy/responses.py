@@ -45,17 +45,17 @@ class Responder:
                ) -> None:
         gw = self.gw
         m = gw.metrics
-        m.spend.labels(backend).inc(cost)
-        m.key_spend.labels(rec.get("key_name", "")).inc(cost)
-        m.tokens.labels(backend, "prompt").inc(prompt_tokens)
-        m.tokens.labels(backend, "completion").inc(completion_tokens)
+        m.child(m.spend, backend).inc(cost)
+        m.child(m.key_spend, rec.get("key_name", "")).inc(cost)
+        m.child(m.tokens, backend, "prompt").inc(prompt_tokens)
+        m.child(m.tokens, backend, "completion").inc(completion_tokens)
         rec.update(status="ok", http_status=200, cost=cost, prompt_tokens=prompt_tokens,
                    completion_tokens=completion_tokens)
         if extra.get("usage_estimated"):
             rec["usage_estimated"] = True
         if extra.get("replay"):
             rec["replay"] = extra["replay"]
-        m.requests.labels(rec["kind"], "200").inc()
+        m.child(m.requests, rec["kind"], "200").inc()
         gw.feedback_cache.put(rec["request_id"], FeedbackContext(
             plan.policy, cand.policy_model, backend, plan.embedding, cost))
         gw.outcomes.submit(rec)
@@ -72,8 +72,8 @@ class Responder:
         total = time.perf_counter() - t0
         rec.update(latency_ms=round(total * 1000, 3), upstream_ms=round(upstream_s * 1000, 3),
                    overhead_ms=round((total - upstream_s) * 1000, 3))
-        m.latency.labels(rec["kind"]).observe(total)
-        m.upstream_latency.labels(backend).observe(upstream_s)
+        m.child(m.latency, rec["kind"]).observe(total)
+        m.child(m.upstream_latency, backend).observe(upstream_s)
         m.overhead.observe(max(0.0, total - upstream_s))
 
     def json_response(self, comp: Completion, rec: dict[str, Any], plan: RoutePlan,

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Estimate, Policy, PolicyError, check_lam, choose
+from policies._choose_one import choose_one
+from policies.base import Estimate, Policy, PolicyError, check_lam
 from router.exploration import DEFAULT_SHARE, ExplorationGate, choices
 
 ROUTED_PREFIX = "router-"
@@ -328,37 +329,44 @@ class Router:
 
     def cached(self, served: ServedPolicy, text: str) -> np.ndarray | None:
         """The remembered embedding of ``text``, if any."""
-        if not self.cache_size:
-            return None
-        key = self._key(served, text)
+        return self._lookup(self._key(served, text)) if self.cache_size else None
+
+    def remember(self, served: ServedPolicy, text: str, x: np.ndarray) -> None:
+        if self.cache_size:
+            self._store(self._key(served, text), x)
+
+    def _lookup(self, key: tuple[str, bytes]) -> np.ndarray | None:
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
             return hit
 
-    def remember(self, served: ServedPolicy, text: str, x: np.ndarray) -> None:
-        if not self.cache_size:
-            return
+    def _store(self, key: tuple[str, bytes], x: np.ndarray) -> None:
         with self._cache_lock:
-            self._cache[self._key(served, text)] = x
+            self._cache[key] = x
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
     def embed(self, served: ServedPolicy, text: str) -> np.ndarray:
         """Synchronous embedding through the LRU (the encoder runs in this thread)."""
-        x = self.cached(served, text)
+        if not self.cache_size:
+            return np.asarray(served.encoder.encode_one(text), dtype=np.float32)
+        key = self._key(served, text)  # hashed once for the look-up and the store
+        x = self._lookup(key)
         if x is None:
             x = np.asarray(served.encoder.encode_one(text), dtype=np.float32)
-            self.remember(served, text, x)
+            self._store(key, x)
         return x
 
     async def aembed(self, served: ServedPolicy, text: str) -> np.ndarray:
         """Embedding for the event loop: LRU, else the policy's micro-batcher."""
-        x = self.cached(served, text)
+        key = self._key(served, text) if self.cache_size else None
+        x = None if key is None else self._lookup(key)
         if x is None:
             x = np.asarray(await served.batcher().encode(text), dtype=np.float32)
-            self.remember(served, text, x)
+            if key is not None:
+                self._store(key, x)
         return x
 
     def plan(self, served: ServedPolicy, x: np.ndarray, lam: float, budget: float | None,
@@ -369,27 +377,28 @@ class Router:
         bandit = served.estimates(x) if served.gate is not None else None
         # online: exploit on the posterior mean; the bonus is reported apart
         est = served.predict(x) if bandit is None else Estimate(bandit.mean, bandit.cost)
-        q, c = est.quality[0], est.cost[0]
-        bonus = None if bandit is None else bandit.bonus[0]
-        score = q - lam * c
-        scores = [
-            Candidate(served.backend_of.get(m, m), m, float(q[i]), float(c[i]), float(score[i]),
-                      None if bonus is None else float(bonus[i]))
-            for i, m in enumerate(models)
-        ]
-        mask = np.array([served.backend_of.get(m) in allowed for m in models])
+        # one query: plain floats from here on (the same arithmetic as numpy's)
+        q, c = est.quality[0].tolist(), est.cost[0].tolist()
+        bonus = None if bandit is None else bandit.bonus[0].tolist()
+        score = [qi - lam * ci for qi, ci in zip(q, c, strict=True)]
+        backend_of = served.backend_of
+        scores = [Candidate(backend_of.get(m, m), m, q[i], c[i], score[i],
+                            None if bonus is None else bonus[i])
+                  for i, m in enumerate(models)]
+        mask = [backend_of.get(m) in allowed for m in models]
         ordered: list[Candidate] = []
         explored = None
-        if mask.any():
+        if any(mask):
             # the shared choice rule (what decision_from_estimate picks, without its
             # runner-up and score dict, which nothing here reads)
-            first = int(choose(q[None], c[None], lam=lam, budget=budget, allowed=mask)[0])
+            first = choose_one(q, c, lam=lam, budget=budget, allowed=mask)
             if bandit is not None:
-                ch = choices(q, bonus, c, lam, budget, mask)
+                ch = choices(np.array(q), np.array(bonus), np.array(c), lam, budget,
+                             np.array(mask))
                 explored = served.gate.decide(ch.differs)
                 if explored:
                     first = ch.optimistic
-            rest = [i for i in np.flatnonzero(mask) if i != first]
+            rest = [i for i, ok in enumerate(mask) if ok and i != first]
             if budget is None:
                 rest.sort(key=lambda i: (-score[i], c[i]))
             else:
