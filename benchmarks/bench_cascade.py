@@ -12,7 +12,11 @@ responses:
    to reach it, i.e. mixing two neighbouring plans), against the $2.00 / $1.50 per 1k
    targets, plus the sweep points around it;
 2. ARC-Challenge alone: the cheapest point reaching 0.935 (99% of gpt-4) and 0.944, as a
-   share of gpt-4's cost there (targets 35% / 40%);
+   share of gpt-4's cost there (targets 35% / 40%), and the budget mode
+   (policies/cascade_budget.py) at 35% / 40% of gpt-4's mean ARC cost on the *train*
+   split: two adjacent train plans mixed by a hash of the prompt so that the expected
+   train cost is the budget; its test accuracy and test cost share, whatever they are;
+   the budget sweep of every kind together is printed under 1.;
 3. (unless ``--no-aiq``) a full ``router eval`` with the cascade, task-static and the
    prompt-only learned policies (knn, mlp, routerdc, cscr; embeddings cached on disk):
    AIQ of each with its bootstrap interval, and each cascade's paired AIQ difference
@@ -127,7 +131,7 @@ def candidate_frontier(policy, train) -> list[str]:
 
 
 def offline(data: Path, name: str) -> None:
-    from eval.cascades import replay
+    from eval.cascades import budget_sweep, replay
     from eval.harness import lam_grid, needs_embeddings
     from policies import get_policy_class, make_policy
     from router.datasets import load_split
@@ -167,6 +171,11 @@ def offline(data: Path, name: str) -> None:
           f", stretch <= $1.50/1k")
     print("   sweep points:")
     print("\n".join(curve_lines(q, c, lams, out.plans)))
+    print("   budget mode (router eval's budget sweep; budgets from the train plans):")
+    for row in budget_sweep(policy, test, X_test):
+        print(f"    budget {_k(row['budget'])}: train {_k(row['train_cost'])} "
+              f"{row['train_quality']:.4f}; test {_k(row['cost'])} {row['quality']:.4f}  "
+              f"mixed {row['shares'] or '-'}")
 
     arc = np.array([t == "arc-challenge" for t in test.tasks])
     qa, ca = out.quality[:, arc].mean(axis=1), out.cost[:, arc].mean(axis=1)
@@ -182,6 +191,34 @@ def offline(data: Path, name: str) -> None:
               f"{'met' if ok else 'NOT met'} by a sweep point")
     print("   sweep points:")
     print("\n".join(curve_lines(qa, ca, lams, out.plans, kinds=["mc"])))
+    print("\n".join(arc_budget(policy, train, test, X_test, (qa4, ca4))))
+
+
+def arc_budget(policy, train, test, X_test: np.ndarray | None,
+               gpt4_test: tuple[float, float]) -> list[str]:
+    """The budget mode on ARC-Challenge alone: B = 35% (40%) of gpt-4's mean ARC cost on
+    the train split, spent on the train ARC prompts' kinds only; test accuracy and cost."""
+    from eval.cascades import replay
+    from policies.answers import infer_kind
+
+    _, train_cost = train.eval_matrices()
+    on_train = np.array([t == "arc-challenge" for t in train.tasks])
+    c4_train = float(train_cost[on_train, train.models.index(GPT4)].mean())
+    kinds = sorted({infer_kind(p) for p, a in zip(train.prompts, on_train, strict=True) if a})
+    rows = np.flatnonzero([t == "arc-challenge" for t in test.tasks])
+    arc = test.subset(rows)
+    out = [f"   budget mode, ARC kinds {kinds} only (gpt-4's train ARC cost {_k(c4_train)}):"]
+    for share in (0.35, 0.40):
+        mix = policy.budget_mix(share * c4_train, kinds=kinds)
+        got = replay(policy, arc, [], X=None if X_test is None else X_test[rows], mixes=[mix])
+        q, c = float(got.quality.mean()), float(got.cost.mean())
+        mixed = {k: (round(m.share, 4), m.low.lam, m.high.lam) for k, m in mix.kinds.items()}
+        out.append(f"    B = {100 * share:.0f}% of train gpt-4 = {_k(mix.budget)}: train "
+                   f"{_k(mix.train_cost)} {mix.train_quality:.4f} (mixed: share of the "
+                   f"dearer plan, lams {mixed}); test accuracy {q:.4f} at {_k(c)} = "
+                   f"{100 * c / gpt4_test[1]:.1f}% of gpt-4's test ARC cost "
+                   f"({q / gpt4_test[0]:.1%} of its accuracy); plans {got.plans[0]}")
+    return out
 
 
 def aiq(data: Path, bootstrap: int, cascades: str) -> None:

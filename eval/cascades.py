@@ -5,7 +5,9 @@ For every lam of the sweep, each test prompt gets its plan from
 :meth:`policies.cascade.CascadePolicy.plan` (kind inferred from the prompt text) and
 :meth:`~policies.cascade.CascadePlan.step` runs on the recorded responses, exactly as the
 gateway runs it on live calls: the cost of a query is the sum of every call made, its
-quality that of the returned answer (0 when no call answered).
+quality that of the returned answer (0 when no call answered). Beside the lam sweep,
+:func:`budget_sweep` replays the budget mode (policies.cascade_budget) at budgets spread
+over the range the train plans can spend.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import numpy as np
 
 from policies.answers import infer_kind
 from policies.cascade import CascadePlan, CascadePolicy
+from policies.cascade_budget import BudgetMix
 from router.dataset import RoutingDataset
+
+#: budgets of the budget sweep (router eval), spread over what the train plans can spend
+BUDGET_POINTS = 12
 
 
 class CascadeEvalError(ValueError):
@@ -45,22 +51,27 @@ def no_responses_note(data: RoutingDataset) -> str | None:
 
 
 def replay(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[float],
-           budget: float | None = None, X: np.ndarray | None = None) -> Replay:
+           budget: float | None = None, X: np.ndarray | None = None,
+           mixes: Sequence[BudgetMix] | None = None) -> Replay:
     """Run ``policy``'s plans over ``test``'s recorded responses at every lam (``X``: the
-    test embeddings, for policies that route some kinds on the prompt)."""
+    test embeddings, for policies that route some kinds on the prompt); with ``mixes``
+    (:meth:`CascadePolicy.budget_mix`), at each budget mix instead (``lams`` unused)."""
     note = no_responses_note(test)
     if note:
         raise CascadeEvalError(note)
     quality, cost = test.eval_matrices()
     col = {m: j for j, m in enumerate(test.models)}
     kinds = [infer_kind(p) for p in test.prompts]
-    n, L = len(test), len(lams)
+    points: list[tuple[float, BudgetMix | None]] = (
+        [(0.0, m) for m in mixes] if mixes is not None else [(float(v), None) for v in lams])
+    n, L = len(test), len(points)
     out_q, out_c = np.zeros((L, n)), np.zeros((L, n))
     out_r, out_k = np.full((L, n), -1, dtype=np.int64), np.zeros((L, n), dtype=np.int64)
     plans: list[dict[str, str]] = []
     memo: dict[tuple[CascadePlan, int], tuple[int, float, int]] = {}
-    for li, lam in enumerate(lams):
-        per_row = policy.plans_for(kinds, X, lam=float(lam), budget=budget)
+    for li, (lam, mix) in enumerate(points):
+        per_row = policy.plans_for(kinds, X, lam=lam, budget=budget, texts=test.prompts,
+                                   mix=mix)
         plans.append(_describe(kinds, per_row))
         for i, plan in enumerate(per_row):
             key = (plan, i)
@@ -117,6 +128,7 @@ def sweep_cascade(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[fl
         policy.plan_for_kind(kind)  # fails early on an unfitted policy
     t1 = time.perf_counter()
     out = replay(policy, test, lams, X=X)
+    budgets = budget_sweep(policy, test, X)
     t2 = time.perf_counter()
     search = getattr(policy, "search_", {}).get("kinds", {})
     extra = {"cascade": {
@@ -125,5 +137,40 @@ def sweep_cascade(policy: CascadePolicy, test: RoutingDataset, lams: Sequence[fl
         "plans": out.plans,
         "search": {k: {"rows": v.get("rows"), "candidates": v.get("candidates")}
                    for k, v in search.items()},
+        "budget_sweep": budgets,
     }}
     return out.returned, (out.quality, out.cost), extra, t1 - t0, t2 - t1
+
+
+def budget_grid(policy: CascadePolicy, points: int = BUDGET_POINTS) -> list[float]:
+    """``points`` budgets (USD/query), log-spaced from the cheapest train mix of plans
+    to the dearest (lam 0 for every kind): train figures only."""
+    lo = policy.budget_mix(0.0).train_cost
+    hi = policy.budget_mix(1e9).train_cost
+    if not 0 < lo < hi:
+        return [hi] if hi > 0 else []
+    return [float(b) for b in np.geomspace(lo, hi, points)]
+
+
+def budget_sweep(policy: CascadePolicy, test: RoutingDataset, X: np.ndarray | None = None,
+                 budgets: Sequence[float] | None = None) -> list[dict]:
+    """results.json's ``budget_sweep`` of a cascade: per budget (default
+    :func:`budget_grid`) its train mix (expected train cost and quality, price lam, the
+    mixing share per kind) and the test replay's mean cost, quality, calls, per task."""
+    budgets = budget_grid(policy) if budgets is None else list(budgets)
+    mixes = [policy.budget_mix(b) for b in budgets]
+    out = replay(policy, test, [], X=X, mixes=mixes)
+    tasks = np.asarray(test.tasks)
+    rows = []
+    for i, mix in enumerate(mixes):
+        rows.append({
+            "budget": mix.budget, "lam": mix.lam,
+            "train_cost": mix.train_cost, "train_quality": mix.train_quality,
+            "shares": {k: m.share for k, m in mix.kinds.items() if m.share > 0},
+            "cost": float(out.cost[i].mean()), "quality": float(out.quality[i].mean()),
+            "mean_calls": float(out.calls[i].mean()), "plans": out.plans[i],
+            "per_task": {t: {"cost": float(out.cost[i, tasks == t].mean()),
+                             "quality": float(out.quality[i, tasks == t].mean())}
+                         for t in sorted(set(test.tasks))},
+        })
+    return rows

@@ -54,4 +54,23 @@ def cascade_section(results: dict[str, Any]) -> list[str]:
                       "quality, $/1k and calls per query):", ""]
             lines += _table(["plans per answer kind", "from lam", "quality", "$/1k",
                              "calls"], [[r[0], *r[1:]] for r in seen])
+        lines += budget_lines(label, info.get("budget_sweep") or [])
     return [*lines, ""]
+
+
+def budget_lines(label: str, sweep: list[dict[str, Any]]) -> list[str]:
+    """The budget mode's table: per budget the train mix (expected train $/1k and
+    quality, which kind mixes two plans and how) and the test replay's figures."""
+    from eval.report import _table, per_1k
+
+    if not sweep:
+        return []
+    rows = [[per_1k(r["budget"]), per_1k(r["train_cost"]), f"{r['train_quality']:.3f}",
+             ", ".join(f"{k} {v:.0%}" for k, v in r["shares"].items()) or "-",
+             per_1k(r["cost"]), f"{r['quality']:.3f}", f"{r['mean_calls']:.2f}"]
+            for r in sweep]
+    return ["", f"Budget mode of {label} (each budget spent on train: one kind mixes two "
+            "adjacent train plans by a hash of the prompt; eval/README.md):", "",
+            *_table(["budget $/1k", "train $/1k", "train quality",
+                     "mixed kind (dearer plan's share)", "test $/1k", "test quality",
+                     "calls"], rows)]

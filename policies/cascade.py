@@ -11,7 +11,9 @@ The contract shared by the offline evaluation and the gateway:
 * :class:`CascadePolicy` (registry name ``"cascade"``) learns, on the train split only, one
   list of plans per answer kind (:mod:`policies.answers`), each plan optimal for a range of
   ``lam`` (:mod:`policies.cascade_search`); :meth:`CascadePolicy.plan` infers a prompt's
-  kind from its text and returns the plan for ``lam`` (or ``budget``).
+  kind from its text and returns the plan for ``lam``, or within a ``budget`` (mean USD
+  per query: two adjacent train plans mixed by a hash of the prompt,
+  :mod:`policies.cascade_budget`).
 
 Decision rule of :meth:`CascadePlan.step`, stage by stage: once every model of stage k has
 answered, each answer of stages 1..k with an answer key counts the answers that agree with
@@ -39,6 +41,7 @@ import numpy as np
 from policies import answers as A
 from policies._priors import TaskTable, fill_cost
 from policies.base import Estimate, Policy, PolicyError, TrainData, check_budget, check_lam
+from policies.cascade_budget import BudgetMix, HullPoint, mix_for_budget, upper_hull
 
 ALL_KINDS = "*"  # plans learned on every train prompt, for kinds the train split lacks
 ALL_SINGLE = "*1"  # single-model plans learned likewise, for unseen code and free text
@@ -298,6 +301,7 @@ class CascadePolicy(Policy):
             lazy=bool(self.lazy))
         self.plans_ = found
         self.search_ = info
+        self.mixes_: dict[tuple, BudgetMix] = {}
         # per-kind single-model means for predict(); task labels map to their usual kind
         names = sorted(set(kinds))
         codes = np.array([names.index(k) for k in kinds], dtype=np.int64)
@@ -324,31 +328,77 @@ class CascadePolicy(Policy):
 
     def plan(self, text: str, x: np.ndarray | None = None, lam: float = 0.0,
              budget: float | None = None) -> CascadePlan:
-        """The cascade for prompt ``text`` at cost weight ``lam`` (or per-query ``budget``:
-        the best train quality among plans whose train cost fits, else the cheapest)."""
-        return self.plan_for_kind(A.infer_kind(text), lam=lam, budget=budget)
+        """The cascade for prompt ``text`` at cost weight ``lam``, or within ``budget``
+        (mean USD per query over the train mix of kinds; :meth:`budget_mix`: the prompt's
+        text decides which of two adjacent train plans it gets)."""
+        return self.plan_for_kind(A.infer_kind(text), lam=lam, budget=budget, text=text)
 
     def plans_for(self, kinds: Sequence[str], X: np.ndarray | None, lam: float = 0.0,
-                  budget: float | None = None) -> list[CascadePlan]:
+                  budget: float | None = None, texts: Sequence[str] | None = None,
+                  mix: BudgetMix | None = None) -> list[CascadePlan]:
         """One plan per prompt of the inferred ``kinds`` (``X``, their embeddings, unused
-        here: see policies.cascade_routed)."""
-        memo = {k: self.plan_for_kind(k, lam=lam, budget=budget) for k in set(kinds)}
-        return [memo[k] for k in kinds]
+        here: see policies.cascade_routed); with ``budget`` (or its precomputed ``mix``)
+        the prompts' ``texts`` choose between the mixed plans."""
+        lams = self.prompt_lams(kinds, texts, lam, budget, mix)
+        memo: dict[tuple[str, float], CascadePlan] = {}
+        out = []
+        for k, lam_i in zip(kinds, lams, strict=True):
+            if (k, lam_i) not in memo:
+                memo[(k, lam_i)] = self.plan_for_kind(k, lam=lam_i)
+            out.append(memo[(k, lam_i)])
+        return out
 
-    def plan_for_kind(self, kind: str, lam: float = 0.0,
-                      budget: float | None = None) -> CascadePlan:
-        lam = check_lam(lam)
-        budget = check_budget(budget)
-        options = self.choices(kind)
+    def prompt_lams(self, kinds: Sequence[str], texts: Sequence[str] | None, lam: float,
+                    budget: float | None, mix: BudgetMix | None = None) -> list[float]:
+        """The lam each prompt is planned at: ``lam``, or under ``budget`` / ``mix`` the
+        lam of the mixed plan its text's hash picks."""
+        lam, budget = check_lam(lam), check_budget(budget)
+        if mix is None and budget is None:
+            return [lam] * len(kinds)
+        if texts is None or len(texts) != len(kinds):
+            raise PolicyError("cascade: a budget needs the prompts' texts (they pick the "
+                              "mixed plan)")
+        mix = mix if mix is not None else self.budget_mix(budget)  # type: ignore[arg-type]
+        return [mix.lam_for(k, t) for k, t in zip(kinds, texts, strict=True)]
+
+    def budget_mix(self, budget: float, kinds: Sequence[str] | None = None) -> BudgetMix:
+        """The train plans that spend ``budget`` (mean USD per query) best: every kind
+        at a vertex of its train hull but one, which mixes two adjacent plans so that the
+        expected train cost is ``budget`` (:mod:`policies.cascade_budget`). Kinds
+        weigh by their train prompts; ``kinds`` restricts the mix to those (e.g. one
+        task's budget)."""
+        budget = check_budget(budget)  # type: ignore[assignment]
+        self._check_fitted()
+        key = (budget, None if kinds is None else tuple(sorted(set(kinds))))
+        memo = self.__dict__.setdefault("mixes_", {})  # cleared by fit and load
+        if key in memo:
+            return memo[key]
+        rows = {k: int(v.get("rows", 0)) for k, v in self.search_.get("kinds", {}).items()}
+        use = self.kinds_ if kinds is None else [k for k in self.kinds_ if k in kinds]
+        if not use:
+            raise PolicyError(f"cascade: no train plans for the kinds {list(kinds or [])}")
+        hulls = {k: upper_hull(self._hull_points(k)) for k in use}
+        weights = {k: float(rows.get(k, 0) or 1) for k in use}
+        memo[key] = mix_for_budget(hulls, weights, budget)
+        return memo[key]
+
+    def _hull_points(self, kind: str) -> list[HullPoint]:
+        """Train (lam, cost, quality) of what ``kind``'s prompts get at each lam."""
+        return [HullPoint(c.lam_low, c.cost, c.quality) for c in self.plans_[kind]]
+
+    def plan_for_kind(self, kind: str, lam: float = 0.0, budget: float | None = None,
+                      text: str | None = None) -> CascadePlan:
+        """The plan of ``kind`` at ``lam`` (or within ``budget``, for prompt ``text``)."""
         if budget is not None:
-            fits = [c for c in options if c.cost <= budget]
-            pick = (max(fits, key=lambda c: (c.quality, -c.cost)) if fits
-                    else min(options, key=lambda c: c.cost))
-        else:
-            pick = options[0]
-            for c in options:
-                if c.lam_low <= lam:
-                    pick = c
+            if text is None:
+                raise PolicyError("cascade: a budget needs the prompt's text")
+            lam = self.prompt_lams([kind], [text], lam, budget)[0]
+        lam = check_lam(lam)
+        options = self.choices(kind)
+        pick = options[0]
+        for c in options:
+            if c.lam_low <= lam:
+                pick = c
         plan = pick.plan
         if plan.kind != kind and kind in A.KINDS:  # all-kinds plan: extract as this kind
             plan = CascadePlan(kind, plan.stages, plan.prefer, plan.threshold)
@@ -384,6 +434,7 @@ class CascadePolicy(Policy):
         self.kind_table_ = TaskTable.from_arrays(arrays, list(meta.get("kinds", [])))
         self.task_kinds_ = {str(k): str(v) for k, v in meta.get("task_kinds", {}).items()}
         self.search_ = dict(meta.get("search", {}))
+        self.mixes_ = {}
 
 
 def _task_kinds(tasks: Sequence[str] | None, kinds: Sequence[str]) -> dict[str, str]:

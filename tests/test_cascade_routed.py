@@ -122,6 +122,37 @@ def test_replay_routes_code_rows_and_beats_the_plain_cascade(fitted):
     np.testing.assert_allclose(routed.quality[0, ~code], base.quality[0, ~code])
 
 
+def test_a_budget_plans_each_prompt_at_its_mixed_plans_lam(fitted):
+    """Within a budget every prompt is planned (routed prompts: routed) at the lam of the
+    train plan its hash picks (policies.cascade_budget), offline and one by one alike."""
+    from policies.answers import infer_kind
+
+    pol, enc, _, _ = fitted
+    lo, hi = pol.budget_mix(0.0).train_cost, pol.budget_mix(1e9).train_cost
+    texts = [t.format(2000 + i) for i in range(40) for t in (MC, SORT, REGEX)]
+    X = enc.encode(texts)
+    for budget in np.linspace(lo, hi, 5):
+        mix = pol.budget_mix(float(budget))
+        assert mix.train_cost == pytest.approx(budget, rel=1e-9)
+        one = [pol.plan(t, x, budget=float(budget)) for t, x in zip(texts, X, strict=True)]
+        at_lam = [pol.plan(t, x, lam=mix.lam_for(infer_kind(t), t))
+                  for t, x in zip(texts, X, strict=True)]
+        assert one == at_lam
+        kinds = [infer_kind(t) for t in texts]
+        assert pol.plans_for(kinds, X, budget=float(budget), texts=texts) == one
+    with pytest.raises(PolicyError, match="texts"):
+        pol.plans_for(kinds, X, budget=float(lo))
+    # the routed kind's train figures are the router's picks, not the replaced plan's
+    train_texts, quality, cost, _ = fitted[3]
+    code = [i for i, t in enumerate(train_texts) if infer_kind(t) == "code"]
+    lam, c, q = next(p for p in pol.lam_points_["code"] if p[0] >= 100.0)
+    picks = pol.router_.route(enc.encode([train_texts[i] for i in code]), lam=lam)
+    assert c == pytest.approx(cost[code, picks].mean())
+    assert q == pytest.approx(quality[code, picks].mean())
+    back = load_policy(fitted[2])
+    assert back.budget_mix(float(lo + hi) / 2) == pol.budget_mix(float(lo + hi) / 2)
+
+
 def test_gateway_routes_code_per_prompt_and_cascades_mc(fitted, upstream, tmp_path):
     _, _, path, _ = fitted
     cfg = parse_config({

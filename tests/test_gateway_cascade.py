@@ -202,6 +202,32 @@ def test_a_stage_that_cannot_reach_its_min_agree_is_never_called(gateway, upstre
     assert upstream.calls("small-b") == 1
 
 
+def test_a_budget_name_mixes_two_plans_by_the_prompt(gateway, upstream):
+    """``router-cascade-b<USD per 1k>``: the policy's budget mode; the prompt's hash picks
+    one of two adjacent train plans, the same one on every request."""
+    from policies.cascade_budget import prompt_share
+
+    policy = gateway.gateway.router.policies["cascade"].policy
+    lo, hi = policy.budget_mix(0.0).train_cost, policy.budget_mix(1e9).train_cost
+    budget = next(float(b) for b in np.linspace(lo, hi, 21)[1:-1]
+                  if 0.1 < policy.budget_mix(float(b)).kinds["mc"].share < 0.9)
+    budget = round(budget * 1000, 6) / 1000  # as the model name gives it
+    share = policy.budget_mix(budget).kinds["mc"].share
+    answers(upstream, small_a="B", small_b="C", large="B")  # escalate: every stage called
+    seen = set()
+    for want_high in (True, False):
+        i = next(i for i in range(100, 400)
+                 if (prompt_share(QUESTION.format(i)) < share) == want_high)
+        plan = policy.plan(QUESTION.format(i), budget=budget)
+        for _ in range(2):
+            raw, _comp = ask(gateway, i, model=f"router-cascade-b{budget * 1000:.6f}")
+            rec = record(gateway, raw.headers["x-router-request-id"])
+            assert rec["budget"] == pytest.approx(budget, rel=1e-5)
+            assert rec["cascade"]["plan"] == plan.describe()
+        seen.add(plan.describe())
+    assert len(seen) == 2, seen
+
+
 def test_no_call_fitting_the_budget_is_a_402(gateway, upstream):
     answers(upstream, small_a="B", small_b="B", large="B")
     client = gateway.openai(api_key="sk-poor")

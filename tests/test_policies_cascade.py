@@ -295,12 +295,10 @@ def test_lazy_false_searches_no_lazy_plans() -> None:
             assert c.plan.stages[0].min_agree <= len(c.plan.stages[0].models), c.plan
 
 
-def test_budget_picks_the_best_plan_that_fits(fitted: CascadePolicy) -> None:
+def test_budget_zero_gives_the_cheapest_plans(fitted: CascadePolicy) -> None:
+    """A budget is spent on the train mix of kinds (tests/test_cascade_budget.py); below
+    the cheapest mix every kind keeps its cheapest train plan."""
     options = fitted.choices("mc")
-    budget = sorted(c.cost for c in options)[len(options) // 2]
-    plan = fitted.plan(mc_prompt(3), budget=budget)
-    fits = [c for c in options if c.cost <= budget]
-    assert plan.stages == max(fits, key=lambda c: c.quality).plan.stages
     assert fitted.plan(mc_prompt(3), budget=0.0).stages == min(
         options, key=lambda c: c.cost).plan.stages
     with pytest.raises(PolicyError, match="budget"):

@@ -2,7 +2,9 @@
 
 * :func:`parse_model` reads the request's ``model``: ``router-auto`` (the default policy
   and trade-off), ``router-<policy>[-<lam>]`` (RouteLLM's convention, a per-request
-  ``lam``), or a backend's own name (pass-through);
+  ``lam``), ``router-<policy>-b<USD per 1k queries>`` (a per-request budget: e.g.
+  ``router-cascade-b1.77``; the policy's ``budget``, in USD per query), or a backend's own
+  name (pass-through);
 * :class:`Router` embeds the prompt (in-memory LRU in front of the encoder), asks the
   policy for its estimates and orders the allowed backends: the policy's choice first (the
   shared :func:`policies.base.choose` rule), then the rest by the same trade-off, then the
@@ -124,6 +126,11 @@ class Target:
     backend: str | None = None
     policy: str | None = None
     lam: float | None = None
+    budget: float | None = None  # USD per query
+
+
+#: ``router-<policy>-b<X>``: a budget of X USD per 1k queries
+BUDGET_SUFFIX = "b"
 
 
 def parse_model(model: str, policies: dict[str, Any], backends: set[str] | list[str],
@@ -138,13 +145,16 @@ def parse_model(model: str, policies: dict[str, Any], backends: set[str] | list[
         return Target("route", policy=rest)
     name, _, lam_text = rest.rpartition("-")
     if name in policies:
+        per_1k = lam_text.startswith(BUDGET_SUFFIX)
         try:
-            lam = float(lam_text)
+            value = float(lam_text[len(BUDGET_SUFFIX):] if per_1k else lam_text)
         except ValueError:
             return None
-        if not math.isfinite(lam) or lam < 0:
+        if not math.isfinite(value) or value < 0:
             return None
-        return Target("route", policy=name, lam=lam)
+        if per_1k:
+            return Target("route", policy=name, budget=value / 1000.0)
+        return Target("route", policy=name, lam=value)
     return None
 
 
@@ -316,6 +326,8 @@ class Router:
     def resolve(self, target: Target) -> tuple[ServedPolicy, float, float | None]:
         """The served policy and trade-off of a routed target."""
         served = self.names[target.policy]  # parse_model guarantees the name
+        if target.budget is not None:
+            return served, self.lam, target.budget
         if target.lam is not None:
             return served, target.lam, None
         if target.policy == "auto" or target.policy == self.default:
