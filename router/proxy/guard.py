@@ -21,6 +21,7 @@ alone leaves ``#/$defs/...`` references that client generators and fuzzers canno
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 #: where the gate leaves the authenticated key (router.proxy.keys.KeyInfo) in the ASGI scope
 KEY_SCOPE = "costroute.key"
+
+log = logging.getLogger("costroute.gateway")
 
 
 class _Headers:
@@ -106,6 +109,10 @@ class GatewayApp(FastAPI):
             response = await handler(Request(scope, receive))
         except APIError as err:
             response = on_error(err)
+        except Exception:  # as the app's catch-all handler answers it
+            log.exception("internal error on %s", scope["path"])
+            response = on_error(APIError(500, "Internal error in the gateway.",
+                                         code="internal_error"))
         await response(scope, receive, send)
 
 
