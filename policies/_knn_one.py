@@ -10,7 +10,9 @@ the same estimate (bit-identical: the same floating-point operations in the same
   four neighbour sums (numerators and weights of quality and cost);
 * the task vote of the nearest neighbours in plain Python (at most ``TASK_VOTE_K`` codes);
 * the priors of quality and cost, the shrinkage strengths and the backoff's global means
-  concatenated, so each of the combine and backoff steps is one vector expression.
+  concatenated, so each of the combine and backoff steps is one vector expression;
+* the train prompts' norms, so the familiarity (and the backoff's weight) of the query is
+  computed on its one row of the search's similarities.
 
 Cases it does not handle return None and the caller takes the block path: a missing
 neighbour id, a non-finite task table, models beyond the backoff's global means, and a
@@ -45,7 +47,7 @@ class OneQuery:
         self.observed = np.ascontiguousarray(np.hstack([~np.isnan(q), ~np.isnan(c)]))
         self.values = np.ascontiguousarray(np.where(self.observed, np.hstack([q, c]), 0.0),
                                            dtype=np.float64)
-        self.codes = [int(v) for v in policy.codes_]
+        self.codes = np.asarray(policy.codes_, dtype=np.int64).tolist()
         table = policy.table_
         # a one-hot row times the task table is that task's row when the table is finite
         self.priors = (np.hstack([table.quality, table.cost])
