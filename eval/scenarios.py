@@ -188,19 +188,25 @@ def settle(values: np.ndarray, ok, window: int = 50) -> int | None:
     return 0 if bad.size == 0 else int(bad[-1] + 1)
 
 
-def settle_near(values: np.ndarray, target: float, tolerance: float, window: int = 50,
-                above: bool = False) -> int | None:
+def settle_near(values: np.ndarray, target: float | np.ndarray, tolerance: float,
+                window: int = 50, above: bool = False) -> int | None:
     """:func:`settle` for a share: the tail mean within ``tolerance`` of ``target`` (at
     least ``target - tolerance`` when ``above``) up to its sampling error, 1.96 binomial
     standard errors of ``target`` over the tail's length (a tail of 50 queries at a share
-    of 0.4 has a standard error of 0.07: a tolerance of 0.05 alone fails on chance)."""
+    of 0.4 has a standard error of 0.07: a tolerance of 0.05 alone fails on chance).
+    ``target`` is one share, or a reference series as long as ``values`` (another
+    replay's 0/1 choices): then each tail is held to the reference's same tail."""
     n = len(values)
     if n == 0:
         return None
-    p = min(max(float(target), 0.0), 1.0)
-    sums = np.cumsum(values[::-1])[::-1]
     lengths = np.arange(n, 0, -1)
-    tail = sums / lengths
+    tail = np.cumsum(values[::-1])[::-1] / lengths
+    if np.ndim(target):
+        ref = np.asarray(target, dtype=np.float64)
+        if ref.shape != (n,):
+            raise ValueError(f"settle_near: a reference series needs {n} values")
+        target = np.cumsum(ref[::-1])[::-1] / lengths
+    p = np.clip(target, 0.0, 1.0)
     allow = tolerance + 1.96 * np.sqrt(p * (1 - p) / lengths)
     good = (tail >= target - allow) if above else (np.abs(tail - target) <= allow)
     good = good[:max(n - window, 0) + 1]
