@@ -9,7 +9,9 @@ the pilot's after-change spend on the after-change queries (``ridge``, ``knn``: 
 with the best realised quality at no more than that spend, chosen in hindsight). The
 *informed replay* (``ridge-paced``) streams the same world through the same knapsack as
 the frozen prior up to the change and the refitted ridge from the change on: the router
-told of the change the moment it happens, paced as the bandit is.
+told of the change the moment it happens, paced as the bandit is. A learning replay
+re-derives the knapsack's price sample from its estimates whenever a change detector
+fires (:data:`eval.online.REPRICE`); the informed replay keeps the prior's sample.
 
 Reported per variant: accuracy and $/1k before and after the change, the affected model's
 share before and after (and the new model's, per task, for ``swap``), the new task's
@@ -55,7 +57,7 @@ def replay_world(world: World, models: list[str], params: dict[str, Any], budget
                  after: LinUCBPolicy | None = None):
     """Fit LinUCB on ``world.prior`` and stream the world through the budget knapsack
     (``after``: the policy that decides from the change on, the informed replay)."""
-    from eval.online import decision_values, replay
+    from eval.online import REPRICE, decision_values, replay
 
     pr = world.prior
     policy = LinUCBPolicy(**params).fit(pr.X, pr.quality, pr.cost, models, pr.tasks)
@@ -63,9 +65,10 @@ def replay_world(world: World, models: list[str], params: dict[str, Any], budget
     sample = decision_values(policy, pr.X) if policy.prior_weight > 0 else None
     knapsack = OnlineKnapsack(EmbeddedLedger(), BudgetSpec(budget, horizon=world.T, n_bins=bins),
                               price_sample=sample)
+    again = (lambda p: decision_values(p, pr.X)) if sample is not None and REPRICE else None
     return replay(policy, world.X, world.quality, world.cost, knapsack, learn=learn,
                   progress=progress, allowed=world.allowed,
-                  switch=None if after is None else (world.change, after))
+                  switch=None if after is None else (world.change, after), resample=again)
 
 
 def _full_info(refit: Split, models: list[str], params: dict[str, Any], seed: int

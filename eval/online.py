@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,15 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "drift_threshold": 2.0, "drift_slack": 0.3, "drift_shrink": 0.1, "cost_threshold": 4.0,
     "confidence": 0.5, "cold_alpha": 0.25,
 }
+#: Re-derive the knapsack's price sample (the policy's estimates on the train prompts) when
+#: the bandit's change detector fires (:meth:`router.budget.OnlineKnapsack.resample`): the
+#: sample tabulated at the prior still spends on a degraded model at the old price, so the
+#: price no longer paces what the remaining models can buy (the gateway, pricing from its
+#: recent estimates, re-derives anyway). Chosen on train (``eval.online_tune`` with these
+#: parameters, 3 cuts x 3 budgets): after the changes 0.8120 against 0.8085 without
+#: (degrade 0.7993 against 0.7910, price 0.8248 against 0.8259); stationary replays are
+#: the same (no detector fires).
+REPRICE = True
 #: name -> (parameter overrides, learns online). The cold start (plain LinUCB, no prior,
 #: so no kNN of the train rows either) needs a wide bonus and a weak penalty to explore: alpha=1, reg=1 were the best
 #: of alpha in {0.1, 0.3, 1} x reg in {1, 10} on a validation split of the train data.
@@ -113,20 +122,34 @@ def decision_values(policy: LinUCBPolicy, X: np.ndarray, explore: bool = True
     return value, np.broadcast_to(cost, value.shape)
 
 
+def resets(policy: Any) -> int:
+    """How many changes the policy's detectors have flagged so far (0 without a store)."""
+    store = getattr(policy, "store", None)
+    if store is None:
+        return 0
+    with store.read() as st:
+        return 0 if st.resets is None else int(np.sum(st.resets))
+
+
 def replay(
     policy: LinUCBPolicy, X: np.ndarray, quality: np.ndarray, cost: np.ndarray,
     knapsack: OnlineKnapsack, learn: bool = True, progress: Any = None,
     allowed: np.ndarray | None = None, switch: tuple[int, LinUCBPolicy] | None = None,
+    resample: Callable[[LinUCBPolicy], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Replay:
     """Stream X (in the given order) through ``policy`` and ``knapsack``; bandit feedback.
 
     ``allowed`` (T, m) marks the models available at each step (drift scenarios);
-    ``switch`` = (k, other): from step k on, ``other`` decides (and learns) instead."""
+    ``switch`` = (k, other): from step k on, ``other`` decides (and learns) instead;
+    ``resample``: the knapsack's price sample of a policy (e.g. its estimates on the train
+    prompts), re-derived (:meth:`OnlineKnapsack.resample`) whenever the policy's change
+    detector fires (:func:`resets`)."""
     T = len(X)
     chosen = np.full(T, -1, dtype=np.int64)
     reward = np.zeros(T)
     spent = np.zeros(T)
     t0 = time.perf_counter()
+    fired = resets(policy)
     for t in range(T):
         if switch is not None and t == switch[0]:
             policy = switch[1]
@@ -143,6 +166,9 @@ def replay(
         knapsack.commit(d, cost[t, a], now=float(t))
         if learn:
             policy.update(X[t], a, reward[t], cost[t, a])
+            if resample is not None and (n := resets(policy)) != fired:
+                fired = n
+                knapsack.resample(*resample(policy))
         if progress is not None:
             progress.update(1)
     return Replay(chosen, reward, spent, time.perf_counter() - t0)

@@ -79,13 +79,18 @@ def clone(policy: LinUCBPolicy, alpha: float, forgetting: Forgetting,
     return out
 
 
-def _run(policy: LinUCBPolicy, world, budget: float, bins: int, sample, learn: bool):
-    from eval.online import replay
+def _run(policy: LinUCBPolicy, world, budget: float, bins: int, sample, learn: bool,
+         X_fit: np.ndarray | None = None):
+    """One replay; with ``X_fit`` the price sample is re-derived there on a detected change
+    (:data:`eval.online.REPRICE`)."""
+    from eval.online import REPRICE, decision_values, replay
 
     ks = OnlineKnapsack(EmbeddedLedger(), BudgetSpec(budget, horizon=world.T, n_bins=bins),
                         price_sample=sample)
+    again = (None if X_fit is None or not REPRICE
+             else lambda p: decision_values(p, X_fit))
     return replay(policy, world.X, world.quality, world.cost, ks, learn=learn,
-                  allowed=world.allowed)
+                  allowed=world.allowed, resample=again)
 
 
 def fit_replay(train: Split, seed: int) -> tuple[Split, Split]:
@@ -151,7 +156,7 @@ def tune(train: Split, models: list[str], params: dict[str, Any], fractions: lis
             for (name, frac), (world, B, bins, X_fit) in worlds.items():
                 pol = clone(prior, alpha, forget, kappa)
                 sample = decision_values(pol, X_fit)
-                rep = _run(pol, world, B, bins, sample, learn=True)
+                rep = _run(pol, world, B, bins, sample, learn=True, X_fit=X_fit)
                 k = world.change if world.change < world.T else 0
                 row["runs"][f"{name}@{frac}#{r}"] = {
                     "quality": float(rep.reward[k:].mean()), "frozen": frozen[(name, frac)],

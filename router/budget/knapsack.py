@@ -60,7 +60,9 @@ class OnlineKnapsack:
     every ``recalibrate`` decisions). A fixed sample follows the policy's cost estimates:
     when a model's estimated cost moves more than ``COST_MOVE`` from what the curve was
     tabulated at (a price change), the sample's costs of that model are rescaled to it
-    and the curve re-tabulated, so the price of a dollar keeps pacing the real spend. The price rises from ``L`` toward ``U`` only as a
+    and the curve re-tabulated, so the price of a dollar keeps pacing the real spend; a
+    caller whose quality estimates moved (a detected change) replaces the sample with
+    :meth:`resample`. The price rises from ``L`` toward ``U`` only as a
     bin's spend runs ahead of its share of the bin's queries.
     """
 
@@ -97,15 +99,11 @@ class OnlineKnapsack:
         self._recalibrate = max(int(recalibrate), 1)
         self._since = 0
         self._fixed_curve = price_sample is not None
-        self._curve: PriceCurve | None = None if price_sample is None else PriceCurve(
-            *price_sample)
+        self._curve: PriceCurve | None = None
         self._sample = None
-        if price_sample is not None:
-            q, c = (np.asarray(a, dtype=np.float64) for a in price_sample)
-            c = np.broadcast_to(c, q.shape)
-            self._sample = (q, c, np.maximum(c.mean(axis=0), 1e-300))
-            self._tabulated = self._sample[2]
         self._recent_lock = threading.Lock()
+        if price_sample is not None:
+            self.resample(*price_sample)
 
     def accounts(self, api_key: str | None = None) -> tuple[tuple[str, BudgetSpec], ...]:
         out = []
@@ -163,6 +161,20 @@ class OnlineKnapsack:
         if rate is None:
             return curve.U * 1e-9, curve.U
         return curve.bounds(rate)
+
+    def resample(self, quality: np.ndarray, cost: np.ndarray) -> None:
+        """Replace the fixed price sample with (n, m) estimates and re-tabulate the curve:
+        what a policy calls when its estimates of a model moved as a whole (a detected
+        change), so the price of a dollar is the dual price of the models as they are now
+        (a degraded best model no longer takes the sample's spend at the old price)."""
+        q, c = (np.asarray(a, dtype=np.float64) for a in (quality, cost))
+        c = np.broadcast_to(c, q.shape)
+        curve = PriceCurve(q, c)  # raises on an empty or non-finite sample
+        with self._recent_lock:
+            self._fixed_curve = True
+            self._curve = curve
+            self._sample = (q, c, np.maximum(c.mean(axis=0), 1e-300))
+            self._tabulated = self._sample[2]
 
     def _follow_costs(self, cost: np.ndarray) -> None:
         """Re-tabulate a fixed sample's curve at the current cost estimates when one has
