@@ -71,7 +71,20 @@ def test_train_writes_an_artifact_with_metadata(knn_artifact):
     assert meta["n_train"] > 0 and meta["seed"] == 3
     assert meta["trained_at"].startswith("20")
     assert sorted(cfg["models"]) == sorted(PRICES)
-    assert cfg["dim"] == 384
+    # knn's routing holds on the static backend, so `router train` defaults to it
+    assert meta["encoder"]["backend"] == "static" and cfg["dim"] == 256
+
+
+def test_train_backend_defaults_follow_measured_quality():
+    from router.encoding.select import TRAIN_DEFAULT, default_train_backend, train_encoder_kwargs
+
+    assert default_train_backend("knn", None) == "static"
+    assert default_train_backend("cscr", "all-MiniLM-L6-v2") == "static"
+    # not measured on static: the bandit, a named model, and evaluation (one encoder for all)
+    assert default_train_backend("linucb", None) == TRAIN_DEFAULT == "torch"
+    assert default_train_backend("knn", "some/other-model") == "torch"
+    assert train_encoder_kwargs(None, None, None)["backend"] == "torch"
+    assert train_encoder_kwargs(None, "onnx", None, policy="knn")["backend"] == "onnx"
 
 
 def test_route_picks_the_model_that_is_right_for_the_prompt(knn_artifact, workspace, capsys):

@@ -39,8 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-backend", default=None, metavar="B",
                         help="encoder runtime the artifact is trained (and served) with: "
                         "torch, onnx, onnx-int8, or static (the encoder distilled into a "
-                        "static model, sub-millisecond routing); default: "
-                        "router.encoding.select.TRAIN_DEFAULT")
+                        "static model, sub-millisecond routing); default: static for "
+                        "knn, cscr and mlp on the stock model (their routing quality holds on "
+                        "it, benchmarks/bench_static.py), else torch")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="policy parameter (JSON value or string); repeatable")
     parser.add_argument("--seed", type=int, default=0,
@@ -122,7 +123,7 @@ def _encoder(args: argparse.Namespace):
 
     try:
         kwargs = train_encoder_kwargs(args.encoder, getattr(args, "encoder_backend", None),
-                                      args.text_view, args.cache_dir)
+                                      args.text_view, args.cache_dir, policy=args.policy)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if args.device:

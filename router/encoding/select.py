@@ -42,12 +42,16 @@ log = logging.getLogger(__name__)
 CHOICES = ("auto", "artifact", "torch", "onnx", "onnx-int8", "static")
 #: backends an artifact can be trained with (``router train --encoder-backend``)
 TRAIN_BACKENDS = ("torch", "onnx", "onnx-int8", "static")
-#: what ``router train`` / ``router eval`` embed with when no backend is named
-#: ("static" matches MiniLM's kNN/cscr routing quality within paired intervals on both
-#: shared datasets, benchmarks/bench_static.py, but the bandit's online parameters were
-#: chosen on MiniLM embeddings and on static ones none keeps the frozen prior's accuracy
-#: on every train cut: switching needs that re-tuning first)
+#: what ``router eval`` (one encoder for every policy) and ``router train`` for the other
+#: policies embed with when no backend is named (the bandit's online parameters were chosen
+#: on MiniLM embeddings and on static ones none kept the frozen prior's accuracy on every
+#: train cut; routerdc fine-tunes the transformer itself)
 TRAIN_DEFAULT = "torch"
+#: policies ``router train`` trains on ``static`` by default (stock model, no backend named),
+#: their routing quality on the static backend was measured to hold against MiniLM int8
+#: (``benchmarks/bench_static.py``: the paired interval's lower end >= -0.005 on both shared
+#: datasets), so their artifacts serve with sub-millisecond route decisions
+STATIC_SERVING_POLICIES = frozenset({"knn", "cscr", "mlp"})
 #: runtimes of one sentence-transformers model (interchangeable vectors)
 SAME_MODEL_BACKENDS = frozenset({"torch", "onnx", "onnx-int8"})
 ONNX_BACKENDS = frozenset({"onnx", "onnx-int8"})
@@ -188,11 +192,22 @@ def default_encoder(**kwargs: Any) -> Encoder:
     return Encoder(**{"backend": TRAIN_DEFAULT, **kwargs})
 
 
+def default_train_backend(policy: str | None, model: str | None) -> str:
+    """The backend an artifact is trained with when none is named: ``static`` for the stock
+    model and a policy in :data:`STATIC_SERVING_POLICIES`, else :data:`TRAIN_DEFAULT`."""
+    if policy in STATIC_SERVING_POLICIES and (model is None or model == DEFAULT_MODEL):
+        return "static"
+    return TRAIN_DEFAULT
+
+
 def train_encoder_kwargs(model: str | None, backend: str | None, text_view: str | None,
-                         cache_dir: str | None = None) -> dict[str, Any]:
-    """``Encoder`` keyword arguments for training/evaluating from CLI flags (None = default);
-    ValueError naming the flag for an unknown backend."""
-    backend = backend or TRAIN_DEFAULT
+                         cache_dir: str | None = None, policy: str | None = None
+                         ) -> dict[str, Any]:
+    """``Encoder`` keyword arguments for training (``policy`` given: its serving default,
+    :func:`default_train_backend`) or evaluating (one encoder for every policy:
+    :data:`TRAIN_DEFAULT`) from CLI flags (None = default); ValueError naming the flag for
+    an unknown backend."""
+    backend = backend or (default_train_backend(policy, model) if policy else TRAIN_DEFAULT)
     if backend not in TRAIN_BACKENDS:
         raise ValueError(f"--encoder-backend {backend!r}: expected one of "
                          + ", ".join(TRAIN_BACKENDS))
