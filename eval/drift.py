@@ -11,7 +11,8 @@ with the best realised quality at no more than that spend, chosen in hindsight).
 the frozen prior up to the change and the refitted ridge from the change on: the router
 told of the change the moment it happens, paced as the bandit is. A learning replay
 re-derives the knapsack's price sample from its estimates whenever a change detector
-fires (:data:`eval.online.REPRICE`); the informed replay keeps the prior's sample.
+fires or the set of available models changes, over the models available
+(:data:`eval.online.REPRICE`); the informed replay keeps the prior's sample.
 
 Reported per variant: accuracy and $/1k before and after the change, the affected model's
 share before and after (and the new model's, per task, for ``swap``), the new task's

@@ -153,8 +153,7 @@ class OnlineKnapsack:
             if not self._fixed_curve and (self._curve is None
                                           or self._since >= self._recalibrate):
                 self._since = 0
-                self._curve = PriceCurve(np.stack([q for q, _, _ in self._recent]),
-                                         np.stack([c for _, c, _ in self._recent]))
+                self._curve = PriceCurve(*_rows(self._recent))
             curve = self._curve
             times = np.array([t for _, _, t in self._recent])
         rate = self._rate(accounts, views, times)
@@ -162,13 +161,21 @@ class OnlineKnapsack:
             return curve.U * 1e-9, curve.U
         return curve.bounds(rate)
 
-    def resample(self, quality: np.ndarray, cost: np.ndarray) -> None:
+    def resample(self, quality: np.ndarray, cost: np.ndarray,
+                 allowed: np.ndarray | None = None) -> None:
         """Replace the fixed price sample with (n, m) estimates and re-tabulate the curve:
         what a policy calls when its estimates of a model moved as a whole (a detected
         change), so the price of a dollar is the dual price of the models as they are now
-        (a degraded best model no longer takes the sample's spend at the old price)."""
+        (a degraded best model no longer takes the sample's spend at the old price), and
+        when the set of available models changed: ``allowed`` (m,) leaves the others out
+        of the sample (a removed model no longer takes its spend, an added one enters)."""
         q, c = (np.asarray(a, dtype=np.float64) for a in (quality, cost))
         c = np.broadcast_to(c, q.shape)
+        if allowed is not None:
+            keep = np.asarray(allowed, dtype=bool).reshape(-1)
+            if keep.shape != q.shape[1:]:
+                raise BudgetError("allowed must have one entry per model of the sample")
+            q = np.where(keep, q, np.nan)  # missing: no hull vertex (hull_segments)
         curve = PriceCurve(q, c)  # raises on an empty or non-finite sample
         with self._recent_lock:
             self._fixed_curve = True
@@ -289,3 +296,16 @@ class OnlineKnapsack:
         views = self.ledger.view(accounts, self.clock() if now is None else now) if accounts else []
         return [{**asdict(v), "remaining": v.remaining, "bin_budget": v.bin_budget, "z": v.z}
                 for v in views]
+
+
+def _rows(recent: Sequence[tuple[np.ndarray, np.ndarray, float]]
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(n, m) quality and cost of recent decisions' estimates; a decision among fewer
+    candidates (a backend removed or added, a fallback retry) is padded with NaN, which
+    adds no hull vertex, so the rows of any candidate count share one price curve."""
+    m = max(len(q) for q, _, _ in recent)
+    quality = np.full((len(recent), m), np.nan)
+    cost = np.full((len(recent), m), np.nan)
+    for r, (q, c, _) in enumerate(recent):
+        quality[r, :len(q)], cost[r, :len(c)] = q, c
+    return quality, cost

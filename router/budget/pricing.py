@@ -118,8 +118,11 @@ class PriceCurve:
     def __init__(self, quality: np.ndarray, cost: np.ndarray, quantile: float = 0.99) -> None:
         quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
         cost = np.broadcast_to(np.asarray(cost, dtype=np.float64), quality.shape)
-        if quality.size == 0 or not (np.isfinite(quality).all() and np.isfinite(cost).all()):
-            raise BudgetError("a price curve needs a non-empty sample of finite estimates")
+        ok = np.isfinite(quality) & np.isfinite(cost)
+        if (quality.size == 0 or np.isinf(quality).any() or np.isinf(cost).any()
+                or not ok.any(axis=1).all()):  # NaN: a model missing from a row
+            raise BudgetError("a price curve needs a non-empty sample of finite estimates "
+                              "(NaN for a missing model, at least one model per row)")
         slopes, steps, base = hull_segments(quality, cost)
         top = float(slopes.max()) if slopes.size else 1.0
         self.U = max(float(np.quantile(slopes, quantile)) if slopes.size else 1.0, 1e-12)
