@@ -155,12 +155,13 @@ def replay(
     spent = np.zeros(T)
     t0 = time.perf_counter()
     fired = resets(policy)
-    arms = None  # the allowed set the price sample covers (None: every model)
+    # the allowed set the price sample covers (None: every model, no mask)
+    arms = None if allowed is None else np.ones(np.shape(allowed)[1], dtype=bool)
     for t in range(T):
         if switch is not None and t == switch[0]:
             policy = switch[1]
-        if learn and resample is not None and allowed is not None and not np.array_equal(
-                allowed[t], np.ones_like(allowed[t]) if arms is None else arms):
+        if (learn and resample is not None and arms is not None
+                and not np.array_equal(allowed[t], arms)):
             arms = np.asarray(allowed[t], dtype=bool).copy()
             knapsack.resample(*resample(policy), allowed=arms)
         value, est_cost = decision_values(policy, X[t:t + 1])
