@@ -18,8 +18,11 @@ best-quality end). A paired bootstrap over test queries (the same resamples for 
 references recomputed per resample) gives the 95% interval of ``static - int8``. The
 verdict "holds" means the interval's lower end is >= -0.005 (at most 0.005 worse).
 
-Policies that ignore the embedding (``cascade``: its plans depend on the answers) give the
-same result under both encoders by construction and are listed as such. Embeddings go
+Answer-aware policies are replayed over the recorded responses as ``router eval`` replays
+them (a query's cost is the sum of every call made, its quality that of the returned
+answer); ``cascade-routed`` reads the embedding where it routes a kind by prompt. Policies
+that ignore the embedding (``cascade``: its plans depend on the answers) give the same
+result under both encoders by construction and are listed as such. Embeddings go
 through the project's on-disk cache, so a re-run does not re-encode.
 """
 
@@ -52,50 +55,60 @@ def embed(backend: str, prompts: list[str]) -> np.ndarray:
     return Encoder(backend=backend).encode(prompts, progress=True)
 
 
-def picks_for(name: str, train, X_train, X_test, test, lams) -> np.ndarray:
-    """Chosen dataset column per (lam, test query), as ``router eval`` sweeps it."""
-    from eval.harness import PolicySpec, fit_policy, model_map, sweep_policy
+def outcomes_for(name: str, train, X_train, X_test, test, lams
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (lam, test query): quality, cost and the chosen (or, for an answer-aware policy,
+    the returned) dataset column, as ``router eval`` sweeps it. Answer-aware policies
+    (cascades) are replayed over the recorded responses: cost is the sum of every call."""
+    from eval.cascades import replay
+    from eval.harness import ANSWER_AWARE, PolicySpec, fit_policy, model_map, sweep_policy
     from router.threads import native_threads, preload
 
     preload()
+    q, c = test.eval_matrices()
     with native_threads(1):
         policy = fit_policy(PolicySpec(name, name), train, X_train)
+        if name in ANSWER_AWARE:
+            out = replay(policy, test, lams, X=X_test)
+            return out.quality, out.cost, out.returned
         cols = model_map(policy, test.models, name)
-        q, c = test.eval_matrices()
         picks, _, _ = sweep_policy(policy, X_test, lams, test.tasks, (q, c), cols)
-    return picks
+    rows = np.arange(q.shape[0])[None, :]
+    return q[rows, picks], c[rows, picks], picks
 
 
-def scores(picks: np.ndarray, q: np.ndarray, c: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
-    """(AIQ, mean score at lam=0) of a sweep on the test rows ``rows`` (a resample)."""
+def scores(arm: tuple[np.ndarray, np.ndarray, np.ndarray], c: np.ndarray,
+           rows: np.ndarray) -> tuple[float, float]:
+    """(AIQ, mean score at lam=0) of a sweep on the test rows ``rows`` (a resample);
+    ``c``: the models' test costs (the AIQ's cost range)."""
     from eval import metrics as M
     from eval.harness import cost_scale
 
-    qq = q[rows[None, :], picks[:, rows]].mean(axis=1)
-    cc = c[rows[None, :], picks[:, rows]].mean(axis=1)
+    qq = arm[0][:, rows].mean(axis=1)
+    cc = arm[1][:, rows].mean(axis=1)
     c_min, c_max = cost_scale(c[rows])
     return M.aiq(M.pareto_hull(cc, qq), c_min, c_max), float(qq[0])
 
 
-def compare(arms: dict[str, np.ndarray], q: np.ndarray, c: np.ndarray, n_boot: int,
-            seed: int) -> dict[str, Any]:
-    n = q.shape[0]
+def compare(arms: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], c: np.ndarray,
+            n_boot: int, seed: int) -> dict[str, Any]:
+    n = c.shape[0]
     rows = np.arange(n)
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, n, n) for _ in range(n_boot)]
     out: dict[str, Any] = {}
     for arm, p in arms.items():
-        aiq, s0 = scores(p, q, c, rows)
+        aiq, s0 = scores(p, c, rows)
         out[arm] = {"aiq": aiq, "score_lam0": s0}
-    a = np.array([scores(arms["static"], q, c, b) for b in boots])
-    b = np.array([scores(arms["int8"], q, c, b) for b in boots])
+    a = np.array([scores(arms["static"], c, b) for b in boots])
+    b = np.array([scores(arms["int8"], c, b) for b in boots])
     d = a - b
     for k, key in enumerate(("aiq", "score_lam0")):
         lo, hi = np.percentile(d[:, k], [2.5, 97.5])
         est = out["static"][key] - out["int8"][key]
         out[f"{key}_diff"] = {"diff": float(est), "ci95": [float(lo), float(hi)],
                               "holds": bool(lo >= -MARGIN)}
-    out["same_decision"] = float((arms["static"] == arms["int8"]).mean())
+    out["same_decision"] = float((arms["static"][2] == arms["int8"][2]).mean())
     return out
 
 
@@ -103,7 +116,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="routerbench-subset,routerdc-7llm")
     ap.add_argument("--shared", type=Path, default=SHARED)
-    ap.add_argument("--policies", default="knn,cscr,cascade")
+    ap.add_argument("--policies", default="knn,cscr,cascade,cascade-routed")
     ap.add_argument("--int8-fit", choices=["torch", "int8"], default="torch",
                     help="embeddings the int8 arm's policy is fitted on (default torch: the "
                          "training artifacts' encoder)")
@@ -134,7 +147,7 @@ def main() -> int:
               f"embeddings in {time.perf_counter() - t0:.0f} s (cached on disk)")
         _, train_cost = train.eval_matrices()
         lams = lam_grid("auto", train_cost)
-        q, c = test.eval_matrices()
+        _, c = test.eval_matrices()
         rows = {}
         for name in [p.strip() for p in args.policies.split(",") if p.strip()]:
             klass = get_policy_class(name)
@@ -143,12 +156,12 @@ def main() -> int:
                 rows[name] = {"embedding_free": True}
                 continue
             try:
-                arms = {arm: picks_for(name, train, xtr, xte, test, lams)
+                arms = {arm: outcomes_for(name, train, xtr, xte, test, lams)
                         for arm, (xtr, xte) in X.items()}
             except Exception as exc:  # a policy this dataset cannot train
                 print(f"  {name:8s} skipped: {exc}")
                 continue
-            r = compare(arms, q, c, args.boot, args.seed)
+            r = compare(arms, c, args.boot, args.seed)
             rows[name] = r
             for key, label in (("aiq", "AIQ"), ("score_lam0", "score@lam0")):
                 d = r[f"{key}_diff"]
