@@ -232,9 +232,14 @@ def run_scenario(name: str, params: dict[str, str], train: Split, test: Split,
         entry["fraction"] = frac
         out["budgets"].append(entry)
         p, f = entry["runs"]["pilot"], entry["runs"]["prior-only"]
-        say(f"scenario {name} @ {frac:.0%}: after the change pilot {p['after']['quality']:.3f}"
-            f" at ${p['after']['cost_per_1k']:.3f}/1k (frozen prior "
-            f"{f['after']['quality']:.3f}), adapted in {p['adapt_queries']} queries")
+        if entry["change"] >= world.T:  # stationary: one phase, nothing to adapt to
+            say(f"scenario {name} @ {frac:.0%}: pilot {p['overall']['quality']:.3f} at "
+                f"${p['overall']['cost_per_1k']:.3f}/1k over the whole stream (frozen prior "
+                f"{f['overall']['quality']:.3f})")
+        else:
+            say(f"scenario {name} @ {frac:.0%}: after the change pilot "
+                f"{p['after']['quality']:.3f} at ${p['after']['cost_per_1k']:.3f}/1k (frozen "
+                f"prior {f['after']['quality']:.3f}), adapted in {p['adapt_queries']} queries")
     if bar is not None:
         bar.close()
     return out
