@@ -75,8 +75,13 @@ def _last_question(text: str) -> str:
 
 # ---- answer keys -----------------------------------------------------------------------
 _LETTER_PATTERNS = (
-    re.compile(r"^\W*\(?([A-J])\)?(?:[\s\.\):,*]|$)"),  # "B", "(B)", "B) text", "**B**"
-    re.compile(r"\b(?i:answer|choice|option)\s*(?i:is)?\s*:?\s*\(?\**([A-J])\b"),
+    # "B", "(B)", "B) text", "**B**"; not the words "I" and "A" ("I think ...", "A and B")
+    re.compile(r"^\W*(?!(?:I|A)\s+[a-z])\(?([A-J])\)?(?:[\s\.\):,*]|$)"),
+    # "the answer is C", "Answer: (b)", "correct option is **D**"
+    re.compile(r"\b(?i:answer|choice|option)\s*(?i:is)?\s*:?\s*\(?\**"
+               r"([A-J]\b|[a-j](?=[\)\.]|\s*$))"),
+    # "A is correct", "I is the best answer" (a leading letter stated as the answer)
+    re.compile(r"^\W*\(?([A-J])\)?\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b"),
     re.compile(r"^\s*\**\(?([A-J])\)", re.MULTILINE),
 )
 #: a numbered option stated as the answer: "Option 2", "2", "(1) ...", "the answer is option 1"

@@ -59,6 +59,11 @@ def test_few_shot_examples_of_another_kind_do_not_decide() -> None:
     ("B", "B"), ("C\n", "C"), (" (D) because it is", "D"), ("b) carbon dioxide", None),
     ("The answer is C.", "C"), ("Answer: A", "A"), ("**B**", "B"),
     ("Unfortunately I", None), ("Okay,", None), ("", None),
+    # the words "I" and "A" are not options; a stated answer after them is
+    ("I think the correct option is C because", "C"), ("I do", None),
+    ("A and B are wrong; the answer is C", "C"), ("A good choice is B", "B"),
+    ("A is correct.", "A"), ("A. Paris", "A"), ("A", "A"), ("I) none of these", "I"),
+    ("Answer: b", "B"), ("Answer: (d)", "D"), ("the answer is a bit unclear", None),
 ])
 def test_extract_letter(response: str, key: str | None) -> None:
     assert A.extract(response, "mc") == key
