@@ -43,6 +43,16 @@ _NUMBER_PROMPT = re.compile(
     r"calculate|compute|solve for|final answer|in dollars|percent(?:age)?)\b",
     re.IGNORECASE)
 
+#: a word problem's closing question asking for a quantity ("What was the final weight of
+#: the box, in pounds?"); with at least two numbers in the question it is a number question
+_QUANTITY_QUESTION = re.compile(
+    r"\b(?:what|how)\b[^?]*\b(?:average|total|number|weight|height|cost|price|time|age|"
+    r"speed|distance|amount|area|volume|length|width|difference|sum|profit|"
+    r"percent(?:age)?|many|much|long|far|old|minutes?|hours?|days?|weeks?|years?|dollars?|"
+    r"cents?|pounds?|miles?|inches|feet|meters?|kilometers?|grams?|kilograms?|liters?)\b"
+    r"[^?]*\?\s*$", re.IGNORECASE)
+_QUANTITY = re.compile(r"\d+(?:\.\d+)?")
+
 
 def infer_kind(prompt: str) -> str:
     """The answer kind of ``prompt`` from its text alone (see the module docstring).
@@ -63,6 +73,8 @@ def infer_kind(prompt: str) -> str:
     if _YESNO_PROMPT.search(tail):
         return "yesno"
     if _NUMBER_PROMPT.search(tail) or re.search(r"\d+\s*[-+*/x]\s*\d+\s*=?\s*\??\s*$", tail):
+        return "number"
+    if len(_QUANTITY.findall(tail)) >= 2 and _QUANTITY_QUESTION.search(tail.strip()):
         return "number"
     return "text"
 

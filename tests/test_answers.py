@@ -49,6 +49,15 @@ def test_extract_option_number(response: str, key: str | None) -> None:
         assert A.agree(A.extract(response, "mc"), other, "mc")
 
 
+def test_word_problems_asking_for_a_quantity_are_number_questions() -> None:
+    q = ("Haley grows at the rate of 3 inches every year. If she is currently 20 inches "
+         "tall, what will be her height after 10 years?")
+    assert A.infer_kind(q) == "number"
+    # one number, or a question that asks for no quantity, stays text
+    assert A.infer_kind("Haley is 20 inches tall. What colour is her hair?") == "text"
+    assert A.infer_kind("What will be her height after 10 years?") == "text"
+
+
 def test_few_shot_examples_of_another_kind_do_not_decide() -> None:
     prompt = ("How many legs has a cat?\nAnswer: 4\n\n"
               "Which is a mammal?\nA) shark\nB) whale\nC) trout\nAnswer:\n")
