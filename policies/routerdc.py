@@ -58,7 +58,10 @@ Served, a fine-tuned artifact (RouterBench subset; `router train` 2 min 39 s wal
 quiet 2-core machine, embeddings included) decides a short prompt in 4.3 ms p50 / 5.9 ms
 p99 through the int8 export of its own encoder (cosine 0.996 to the fine-tuned torch
 encoder's embedding), 14.5 ms with torch; the frozen router 5.5 ms (benchmarks/bench_artifact.py,
-2026-12-04).
+2026-12-04). On routerdc-7llm (5,935 train / 9,408 test prompts; the fit 329 s on 2 shared
+cores) the fine-tuned router's mean test score is 0.5012 against task-static's 0.5017
+(-0.0005 [-0.0013, +0.0001]) and the frozen router's 0.5008, with no within-task AUC gain
+(0.46-0.51 against 0.48-0.52 frozen; `bench_routerdc.py --data ../shared/datasets/routerdc-7llm`).
 """
 
 from __future__ import annotations
