@@ -58,7 +58,8 @@ def replay_world(world: World, models: list[str], params: dict[str, Any], budget
                  after: LinUCBPolicy | None = None):
     """Fit LinUCB on ``world.prior`` and stream the world through the budget knapsack
     (``after``: the policy that decides from the change on, the informed replay)."""
-    from eval.online import REPRICE, decision_values, replay
+    from eval.online import REPRICE
+    from eval.stream import decision_values, replay
 
     pr = world.prior
     policy = LinUCBPolicy(**params).fit(pr.X, pr.quality, pr.cost, models, pr.tasks)

@@ -83,7 +83,8 @@ def _run(policy: LinUCBPolicy, world, budget: float, bins: int, sample, learn: b
          X_fit: np.ndarray | None = None):
     """One replay; with ``X_fit`` the price sample is re-derived there on a detected change
     (:data:`eval.online.REPRICE`)."""
-    from eval.online import REPRICE, decision_values, replay
+    from eval.online import REPRICE
+    from eval.stream import decision_values, replay
 
     ks = OnlineKnapsack(EmbeddedLedger(), BudgetSpec(budget, horizon=world.T, n_bins=bins),
                         price_sample=sample)
@@ -113,7 +114,7 @@ def _cut(train: Split, models: list[str], params: dict[str, Any], fractions: lis
          ref_idx: int, seed: int) -> tuple[LinUCBPolicy, dict, dict]:
     """One seeded 70/30 fit/replay cut of train: its prior, the worlds per budget and the
     frozen prior's after-change accuracy in each."""
-    from eval.online import decision_values
+    from eval.stream import decision_values
 
     fit, rep = fit_replay(train, seed)
     prior = LinUCBPolicy(**{**params, "alpha": 0.0}).fit(fit.X, fit.quality, fit.cost, models,
@@ -144,7 +145,7 @@ def tune(train: Split, models: list[str], params: dict[str, Any], fractions: lis
     """Replay every candidate on ``replays`` seeded fit/replay cuts of ``train`` (seeds
     ``seed``, ``seed + 1``, ...); the table and the pick. A candidate is stationary-ok when
     it stays at or above the frozen prior (minus ``slack``) at every budget on every cut."""
-    from eval.online import decision_values
+    from eval.stream import decision_values
 
     candidates = candidates or CANDIDATES
     cuts = [_cut(train, models, params, fractions, ref_idx, seed + r) for r in range(replays)]
@@ -189,7 +190,7 @@ def tune_prior(train: Split, models: list[str], params: dict[str, Any],
     accuracy of the frozen prior (no online updates) replayed through the budget knapsack
     on ``replays`` seeded 70/30 fit/replay cuts of train, every budget; ties to the
     earlier (simpler) candidate."""
-    from eval.online import decision_values
+    from eval.stream import decision_values
 
     rows = []
     candidates = candidates or PRIOR_CANDIDATES

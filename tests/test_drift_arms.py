@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.online import DEFAULT_PARAMS, decision_values, replay
+from eval.online import DEFAULT_PARAMS
 from eval.scenarios import build_world
+from eval.stream import decision_values, replay
 from policies.linucb import LinUCBPolicy
 from router.budget import BudgetError, BudgetSpec, EmbeddedLedger, OnlineKnapsack, auto_bins
 from router.budget.pricing import PriceCurve

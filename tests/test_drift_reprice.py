@@ -1,13 +1,14 @@
 """Re-pricing after a detected change: the knapsack's fixed price sample re-derived from the
-policy's current estimates (OnlineKnapsack.resample, eval.online.replay's ``resample``)."""
+policy's current estimates (OnlineKnapsack.resample, eval.stream.replay's ``resample``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from eval.online import DEFAULT_PARAMS, decision_values, replay, resets
+from eval.online import DEFAULT_PARAMS
 from eval.scenarios import build_world
+from eval.stream import decision_values, replay, resets
 from policies.linucb import LinUCBPolicy
 from router.budget import BudgetError, BudgetSpec, EmbeddedLedger, OnlineKnapsack, auto_bins
 from tests.test_bandit_drift import MODELS, make

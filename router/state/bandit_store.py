@@ -23,7 +23,7 @@ that see the same outcomes in the same order hold bit-identical parameters.
   update, retries under contention): an outcome is ~3 KB, the fold runs in numpy, and
   replicas are bit-identical to an embedded store fed the same stream.
 
-Forgetting (for drift) is part of the fold, so every store, the replay (eval/online.py)
+Forgetting (for drift) is part of the fold, so every store, the replay (eval/stream.py)
 and the gateway forget alike. :class:`Forgetting` sets it: ``discount`` multiplies the
 pulled arm's statistics before each outcome (``A <- g A + z z^T``, ``b <- g b + r z``; the
 same for its running cost); a two-sided CUSUM on the arm's prediction error (reward minus
