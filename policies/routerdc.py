@@ -50,18 +50,9 @@ artifact's encoder, so ``router serve`` / ``route`` / ``eval`` embed queries wit
 (:mod:`router.encoding.select`: ONNX int8 where validated at save time, else ONNX fp32).
 ``predict`` therefore expects embeddings *from the fine-tuned encoder*. ``finetune=False``
 (the default) keeps the frozen-encoder router (a head on the frozen sentence embedding,
-trained in seconds): on a validation quarter of the RouterBench-subset train split the
-fine-tuned encoder (2 top layers, 3 epochs) gained no within-task signal (AUC 0.489 vs
-0.491 on ARC, 0.401 vs 0.396 on MBPP) and tied the frozen router's AIQ (0.8690 vs 0.8689)
-after a 21-minute CPU fit on a loaded machine (benchmarks/bench_routerdc.py).
-Served, a fine-tuned artifact (RouterBench subset; `router train` 2 min 39 s wall on a
-quiet 2-core machine, embeddings included) decides a short prompt in 4.3 ms p50 / 5.9 ms
-p99 through the int8 export of its own encoder (cosine 0.996 to the fine-tuned torch
-encoder's embedding), 14.5 ms with torch; the frozen router 5.5 ms (benchmarks/bench_artifact.py,
-2026-12-04). On routerdc-7llm (5,935 train / 9,408 test prompts; the fit 329 s on 2 shared
-cores) the fine-tuned router's mean test score is 0.5012 against task-static's 0.5017
-(-0.0005 [-0.0013, +0.0001]) and the frozen router's 0.5008, with no within-task AUC gain
-(0.46-0.51 against 0.48-0.52 frozen; `bench_routerdc.py --data ../shared/datasets/routerdc-7llm`).
+trained in seconds): measured, the fine-tuned encoder gains no within-task signal on
+either shared dataset and ties the frozen router (eval/README.md, "RouterDC with a
+fine-tuned encoder").
 """
 
 from __future__ import annotations
