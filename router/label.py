@@ -205,7 +205,8 @@ class Labeler:
     async def _call(self, cell: _Cell, name: str, messages: list[dict[str, Any]],
                     max_tokens: int, stage: str):
         """One paid call with retries; None when it failed, was capped or stopped."""
-        from router.proxy.backends import BackendError, estimate_prompt_tokens
+        from router.proxy.backends import BackendError
+        from router.proxy.wire import estimate_prompt_tokens
 
         backend = self.backends[name]
         payload: dict[str, Any] = {"model": name, "messages": messages, "max_tokens": max_tokens}

@@ -29,7 +29,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from policies.cascade import CascadePolicy
 from router.auto_rewards import SOURCE, auto_labels, weighted_update
-from router.proxy.backends import BackendError, Completion, jdumps
+from router.proxy.backends import BackendError, Completion
 from router.proxy.execution import no_answer_error
 from router.proxy.outcomes import FeedbackContext
 from router.proxy.parsing import ChatCall
@@ -37,6 +37,7 @@ from router.proxy.responses import router_headers
 from router.proxy.routing import Candidate, ServedPolicy, Target
 from router.proxy.schemas import APIError
 from router.proxy.sse import completion_chunks, router_comment
+from router.proxy.wire import jdumps
 
 if TYPE_CHECKING:
     from router.proxy.app import Gateway

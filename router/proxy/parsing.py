@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from pydantic import ValidationError
 
-from router.proxy.backends import estimate_prompt_tokens, jloads
 from router.proxy.guard import KEY_SCOPE
 from router.proxy.keys import KeyInfo
 from router.proxy.outcomes import prompt_hash
 from router.proxy.routing import Target, parse_model
 from router.proxy.schemas import APIError, ChatCompletionRequest, validation_error_to_api
+from router.proxy.wire import estimate_prompt_tokens, jloads
 
 if TYPE_CHECKING:
     from router.proxy.app import Gateway

@@ -30,17 +30,11 @@ from typing import Any
 import numpy as np
 
 from router.dataset import DatasetSplit, RoutingDataset
-from router.proxy.backends import (
-    Backend,
-    Completion,
-    SSEMeter,
-    StreamResult,
-    estimate_prompt_tokens,
-    estimate_tokens_chars,
-)
+from router.proxy.backends import Backend, Completion, StreamResult
 from router.proxy.config import ModelEntry, ReplayConfig
 from router.proxy.outcomes import prompt_hash
 from router.proxy.schemas import routing_text
+from router.proxy.wire import SSEMeter, estimate_prompt_tokens, estimate_tokens_chars
 
 log = logging.getLogger("costroute.gateway")
 
@@ -195,7 +189,7 @@ class ReplayBackend(Backend):
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
 
         async def gen():
-            from router.proxy.backends import jdumps
+            from router.proxy.wire import jdumps
 
             size = max(1, len(answer) // 4 or 1)
             chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant",

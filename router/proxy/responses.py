@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import Response, StreamingResponse
 
-from router.proxy.backends import Backend, Completion, StreamResult, jdumps
+from router.proxy.backends import Backend, Completion, StreamResult
 from router.proxy.outcomes import FeedbackContext
 from router.proxy.routing import Candidate, RoutePlan
 from router.proxy.spend import Hold
 from router.proxy.sse import router_comment
+from router.proxy.wire import jdumps
 
 if TYPE_CHECKING:
     from router.proxy.app import Gateway

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from router.proxy.backends import SSEMeter, jdumps, jloads
+from router.proxy.wire import SSEMeter, jdumps, jloads
 
 DONE = b"data: [DONE]\n\n"
 #: the largest non-SSE answer read whole to convert it
