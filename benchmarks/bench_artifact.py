@@ -7,8 +7,10 @@ For each artifact directory (any policy `router train` writes, including routerd
 fine-tuned encoder stored in the artifact) and each encoder runtime (``auto``: what the
 gateway runs by default, ONNX int8 on CPU exported from the artifact's own encoder;
 ``artifact``: the runtime it was trained with; or a runtime name), this loads the policy
-and its encoder with :func:`router.proxy.routing.load_encoder` (signature checks
-included), turns the encoder's LRU off, and times the whole decision for one short chat
+and its encoder with :func:`router.proxy.routing.load_encoder` (for ``auto`` and runtime
+names, checked against the artifact's dimension and signature as the gateway checks them;
+``artifact`` loads the recorded runtime lazily, unchecked), turns the encoder's LRU off,
+and times the whole decision for one short chat
 prompt: encode one text -> ``policy.predict`` -> ``decision_from_estimate``. It prints
 p50 / p99 in milliseconds, the encode / policy split, and the chosen model, so a change
 that moves either shows.
@@ -65,8 +67,8 @@ def time_artifact(path: str, backend: str, prompt: str, n: int, lam: float) -> d
         chosen = d.model
     p50, p99 = _percentiles(total)
     return {"artifact": path, "policy": policy.name, "backend": backend, "runtime": str(name),
-            "p50_ms": p50, "p99_ms": p99, "encode_p50_ms": _percentiles(enc_ms)[0],
-            "policy_p50_ms": _percentiles(pol_ms)[0], "chosen": chosen}
+            "p50_ms": p50, "p99_ms": p99, "encode_p50_ms": float(np.median(enc_ms)),
+            "policy_p50_ms": float(np.median(pol_ms)), "chosen": chosen}
 
 
 def main(argv: list[str] | None = None) -> int:
