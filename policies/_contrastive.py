@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies._numpy_towers import compile_tower
 from policies.base import PolicyError
 
 EPS = 1e-6
+NUMPY_ROWS = 64  # embed() runs this many rows or fewer in numpy (see embed)
 
 
 # ---- seeding and (de)serialisation ---------------------------------------------------------
@@ -103,7 +105,17 @@ class MLPTower(nn.Module):
 
 
 def embed(module: nn.Module, X: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Run a tower in eval mode over a numpy batch; float32 (n, out_dim)."""
+    """Run a tower in eval mode over a numpy batch; float32 (n, out_dim).
+
+    Up to :data:`NUMPY_ROWS` rows (a routed request) run through the tower's numpy form
+    (:mod:`policies._numpy_towers`: the same maths without torch's per-call overhead)."""
+    if 0 < len(X) <= NUMPY_ROWS:
+        try:
+            fn = compile_tower(module)
+        except TypeError:  # a layer without a numpy form: torch below
+            fn = None
+        if fn is not None:
+            return fn(np.ascontiguousarray(X, np.float32)).astype(np.float32)
     module.eval()
     out = []
     with torch.no_grad():
