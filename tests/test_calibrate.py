@@ -18,7 +18,8 @@ import pytest
 
 from router.calibrate import calibrate, operating, spend_interval
 from tests.conftest import REPO
-from tests.upstream import OWN_MODELS, UpstreamServer, own_config, own_prompts, play_own_models
+from tests.own_models import OWN_MODELS, own_config, own_prompts, play_own_models
+from tests.upstream import UpstreamServer
 
 MODELS = list(OWN_MODELS)
 TARGET = 0.30  # USD per 1k queries: between always-medium ($0.08) and always-large ($1.46)

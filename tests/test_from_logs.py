@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from router.cli import main
-from tests.upstream import (
-    OWN_MODELS,
-    GatewayServer,
-    UpstreamServer,
-    own_answer,
-    own_prompts,
-    play_own_models,
-)
+from tests.own_models import OWN_MODELS, own_answer, own_prompts, play_own_models
+from tests.upstream import GatewayServer, UpstreamServer
 
 MODELS = list(OWN_MODELS)
 

@@ -17,7 +17,8 @@ import yaml
 
 from router.cli import main
 from tests.conftest import REPO
-from tests.upstream import OWN_MODELS, UpstreamServer, own_config, own_prompts, play_own_models
+from tests.own_models import OWN_MODELS, own_config, own_prompts, play_own_models
+from tests.upstream import UpstreamServer
 
 MODELS = list(OWN_MODELS)
 
@@ -65,7 +66,7 @@ def test_label_writes_graded_dataset_with_real_costs(own, tmp_path, capsys):
     assert label(tmp_path, cfg, prompts, "--grader", "number", "--models", ",".join(MODELS)) == 0
     data = rows(tmp_path / "labels.jsonl")
     assert [r["id"] for r in data] == [f"q{i}" for i in range(9)]
-    from tests.upstream import own_answer
+    from tests.own_models import own_answer
 
     refs = {q["id"]: q["answer"] for q in own_prompts(9)}
     for r in data:
@@ -152,7 +153,7 @@ def test_failing_backend_is_stopped_and_resumed_without_repaying(own, tmp_path, 
 
 def test_judge_garbage_is_a_missing_cell_not_zero(own, tmp_path, capsys):
     server, cfg = own
-    from tests.upstream import own_judge
+    from tests.own_models import own_judge
 
     # the judge rambles for every 'Quick sum' question
     server.script("judge", lambda text: "Looks fine to me!" if "Quick sum" in text
