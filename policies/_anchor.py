@@ -91,7 +91,7 @@ class TaskPrior:
     def task_means(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prior quality, prior cost) of the inferred task, each (n, m), before any
         backoff, and the familiarity (n,) of each query."""
-        Xq = _unit(Xq)
+        Xq = np.atleast_2d(np.asarray(Xq, dtype=np.float32))  # search() scales to unit rows
         if len(Xq) == 0:
             m = self.table.quality.shape[1]
             return np.zeros((0, m)), np.zeros((0, m)), np.zeros(0)
@@ -154,11 +154,6 @@ class TaskPrior:
             reference = arrays[f"{prefix}familiarity_reference"]
         return cls(arrays[f"{prefix}X"], arrays[f"{prefix}codes"], table,
                    backoff=backoff, familiarity_reference=reference)
-
-
-def _unit(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return np.ascontiguousarray(X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

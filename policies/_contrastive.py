@@ -115,7 +115,7 @@ def embed(module: nn.Module, X: np.ndarray, batch: int = 4096) -> np.ndarray:
         except TypeError:  # a layer without a numpy form: torch below
             fn = None
         if fn is not None:
-            return fn(np.ascontiguousarray(X, np.float32)).astype(np.float32)
+            return fn(np.ascontiguousarray(X, np.float32))  # float32 rows (unit())
     module.eval()
     out = []
     with torch.no_grad():

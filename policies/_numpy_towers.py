@@ -18,6 +18,8 @@ import numpy as np
 from scipy.special import erf
 from torch import nn
 
+from policies._distance import unit  # rows / max(norm, 1e-12), as F.normalize
+
 Forward = Callable[[np.ndarray], np.ndarray]
 _SQRT_HALF = np.float32(np.sqrt(0.5))
 
@@ -54,21 +56,16 @@ def _sequential(seq: nn.Module) -> Forward:
     return run
 
 
-def _normalise(z: np.ndarray) -> np.ndarray:
-    norm = np.sqrt((z * z).sum(axis=-1, keepdims=True))
-    return z / np.maximum(norm, np.float32(1e-12))  # as F.normalize(eps=1e-12)
-
-
 def _build(module: nn.Module) -> Forward:
     skip = getattr(module, "skip", None)
     mlp = getattr(module, "mlp", None)
     if isinstance(skip, nn.Linear) and mlp is not None:  # ResidualHead: normalize(Px + MLP(x))
         p, f = _sequential(skip), _sequential(mlp)
-        return lambda x: _normalise(p(x) + f(x))
+        return lambda x: unit(p(x) + f(x))
     net = getattr(module, "net", None)
     if net is not None:  # MLPTower: normalize(net(x))
         g = _sequential(net)
-        return lambda x: _normalise(g(x))
+        return lambda x: unit(g(x))
     raise TypeError(f"no numpy form for tower {type(module).__name__}")
 
 
