@@ -38,7 +38,6 @@ from router.proxy.wire import (
 log = logging.getLogger("costroute.gateway")
 
 
-
 class BackendError(Exception):
     """A failed backend call.
 
